@@ -1,0 +1,61 @@
+"""`python -m sweep`: one job, or a grid with `-m` (Hydra multirun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from sweep import names
+from sweep.callbacks import describe_point
+from sweep.errors import EXIT_BAD_INPUT, ConfigError
+from sweep.job import JobOutcome, run_job
+from sweep.tracking import PROJECT_ROOT
+
+def _bar_position(hc) -> int:
+    n_jobs = hc.launcher.get("n_jobs", 1) if "launcher" in hc else 1
+    return hc.job.num % (os.cpu_count() if n_jobs in (None, -1) else max(1, n_jobs))
+
+
+@hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name="config", version_base="1.3")
+def hydra_job(cfg: DictConfig) -> dict:
+    """Run one job; in a multirun, bad points and crashes are recorded instead of raised."""
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        outcome = run_job(cfg, os.environ.get(names.ENV_PARENT_RUN_ID), _bar_position(hc) if multirun else 0)
+    except ConfigError as e:
+        if not multirun:
+            raise
+        outcome = JobOutcome(f"invalid: {e}")
+    except Exception as e:  # noqa: BLE001 - one failing job must not stop the others
+        if not multirun:
+            raise
+        outcome = JobOutcome(f"failed: {type(e).__name__}: {e}")
+    result = {"point": describe_point(hc.overrides.task), **outcome.as_dict()}
+    (Path(hc.runtime.output_dir) / names.RESULT_FILE).write_text(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    """Entry point: bad input exits 2 with one clear message, before any run is created."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us instead of Hydra's exit(1)
+    try:
+        hydra_job()
+    except ConfigError as e:
+        sys.exit(_bad_input(str(e)))
+    except CompactHydraException as e:
+        cause = f" ({e.__cause__})" if e.__cause__ is not None and str(e.__cause__) not in str(e) else ""
+        sys.exit(_bad_input(f"invalid config: {e}{cause}"))
+
+
+def _bad_input(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT

@@ -1,0 +1,124 @@
+"""Pretraining corpus: Python source files -> byte tokens, split by file, cached by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sweep.errors import ConfigError
+
+EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+FILE_SEPARATOR = b"\n\n"
+TOKENIZERS = ("bytes",)
+VOCAB_SIZE = {"bytes": 256}
+
+
+@dataclass
+class Corpus:
+    train: np.ndarray  # uint8 token stream
+    val: np.ndarray
+    corpus_hash: str
+    unigram_loss: float  # entropy of the validation split, nats/token
+    bigram_loss: float  # conditional entropy H(x_t | x_{t-1}) of the validation split
+
+
+def source_dir(source: str) -> Path:
+    """`stdlib` means the running interpreter's standard library; anything else is a directory."""
+    return Path(sysconfig.get_paths()["stdlib"]) if source == "stdlib" else Path(source).expanduser()
+
+
+def find_sources(root: Path) -> list[str]:
+    """Relative paths of the `.py` files under root, sorted, skipping tests and site-packages."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in EXCLUDED_DIRS]
+        rel_dir = Path(dirpath).relative_to(root)
+        found += [(rel_dir / f).as_posix() for f in filenames if f.endswith(".py")]
+    return sorted(found)
+
+
+def check_source(source: str) -> None:
+    """Fail with a clear message if the corpus directory is missing or holds no `.py` files."""
+    root = source_dir(source)
+    if not root.is_dir():
+        raise ConfigError("data.source", source, "must be 'stdlib' or an existing directory of .py files")
+    if not find_sources(root):
+        raise ConfigError("data.source", source, f"directory {root} holds no .py files")
+
+
+def is_validation(rel_path: str, split_seed: int, val_frac: float) -> bool:
+    """Seeded hash of the relative path decides the split, independent of file-system order."""
+    digest = hashlib.sha256(f"{split_seed}:{rel_path}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_frac
+
+
+def reference_losses(tokens: np.ndarray, vocab: int) -> tuple[float, float]:
+    """Unigram entropy and bigram conditional entropy (nats/token) of a token stream."""
+
+    def entropy(counts: np.ndarray) -> float:
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * np.log(p)).sum())
+
+    t = tokens.astype(np.int64)
+    unigram = entropy(np.bincount(t, minlength=vocab))
+    joint = entropy(np.bincount(t[:-1] * vocab + t[1:], minlength=vocab * vocab))
+    return unigram, joint - entropy(np.bincount(t[:-1], minlength=vocab))
+
+
+def _cache_path(cache_dir: Path, corpus_hash: str, data_cfg) -> Path:
+    key = f"{corpus_hash}:{data_cfg.tokenizer}:{data_cfg.val_frac}:{data_cfg.split_seed}"
+    return cache_dir / f"corpus-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def load_corpus(data_cfg, cache_dir: Path) -> Corpus:
+    """Read, hash and split the corpus; reuse the tokenized split cached under its hash."""
+    root = source_dir(data_cfg.source)
+    rel_paths = find_sources(root)
+    contents = [(root / rel).read_bytes() for rel in rel_paths]
+    h = hashlib.sha256()
+    for rel, content in zip(rel_paths, contents):
+        h.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
+    corpus_hash = h.hexdigest()[:16]
+
+    cache = _cache_path(Path(cache_dir), corpus_hash, data_cfg)
+    if cache.exists():
+        stored = np.load(cache)
+        return Corpus(stored["train"], stored["val"], corpus_hash, float(stored["unigram"]), float(stored["bigram"]))
+
+    parts: dict[bool, list[bytes]] = {False: [], True: []}
+    for rel, content in zip(rel_paths, contents):
+        parts[is_validation(rel, data_cfg.split_seed, data_cfg.val_frac)].append(content)
+    if not parts[True] or not parts[False]:
+        raise ConfigError("data.val_frac", data_cfg.val_frac, f"leaves an empty split of the {len(rel_paths)} files")
+    train = np.frombuffer(bytearray(FILE_SEPARATOR.join(parts[False])), dtype=np.uint8)
+    val = np.frombuffer(bytearray(FILE_SEPARATOR.join(parts[True])), dtype=np.uint8)
+    unigram, bigram = reference_losses(val, VOCAB_SIZE[data_cfg.tokenizer])
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename: parallel jobs may build the same cache at once.
+    with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as tmp:
+        np.savez(tmp, train=train, val=val, unigram=unigram, bigram=bigram)
+    os.replace(tmp.name, cache)
+    return Corpus(train, val, corpus_hash, unigram, bigram)
+
+
+def sample_batch(tokens: torch.Tensor, batch_size: int, n_ctx: int, generator: torch.Generator):
+    """Random windows of n_ctx + 1 tokens: inputs and next-token targets, each (B, T)."""
+    starts = torch.randint(0, len(tokens) - n_ctx - 1, (batch_size,), generator=generator)
+    windows = tokens[starts[:, None] + torch.arange(n_ctx + 1)].long()
+    return windows[:, :-1], windows[:, 1:]
+
+
+def eval_windows(tokens: torch.Tensor, n_ctx: int, max_windows: int):
+    """Evenly spaced, non-overlapping validation windows: the same ones every time."""
+    n = min(max_windows, len(tokens) // (n_ctx + 1))
+    starts = torch.linspace(0, len(tokens) - n_ctx - 1, n).long()
+    windows = tokens[starts[:, None] + torch.arange(n_ctx + 1)].long()
+    return windows[:, :-1], windows[:, 1:]

@@ -1,0 +1,11 @@
+"""The one error type for bad input: it names the setting, the value and what is allowed."""
+
+EXIT_BAD_INPUT = 2
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; raised before any run is created."""
+
+    def __init__(self, key: str, value, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"invalid config: {key}={value!r}: {allowed}")

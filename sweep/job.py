@@ -1,0 +1,81 @@
+"""One sweep job: validate -> corpus -> model -> weight-sparse training -> MLflow."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from sweep import names
+from sweep.data import VOCAB_SIZE, load_corpus
+from sweep.model import GPT, ModelShape
+from sweep.sparsity import WeightSparsifier
+from sweep.tracking import JobRun
+from sweep.train import train
+from sweep.validate import validate
+
+
+@dataclass
+class JobOutcome:
+    status: str  # finished | failed: <reason> | invalid: <reason>
+    run_id: str | None = None
+    val_loss: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def point_label(cfg: DictConfig) -> str:
+    """Short name of a grid point, used for the run name and the progress bar."""
+    return f"w{cfg.model.width_mult}-d{cfg.sparsity.density:g}-s{cfg.seed}"
+
+
+def resolve_device(device: str) -> torch.device:
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        "cpu" if device == "auto" else device)
+
+
+def build_model(cfg: DictConfig) -> GPT:
+    return GPT(ModelShape.from_config(cfg.model, VOCAB_SIZE[cfg.data.tokenizer]))
+
+
+def run_job(cfg: DictConfig, parent_run_id: str | None = None, bar_position: int = 0) -> JobOutcome:
+    """Train one weight-sparse model and log it; raises ConfigError before any run exists."""
+    validate(cfg)
+    torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.train.device)
+    corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
+
+    run = JobRun(cfg, point_label(cfg), parent_run_id, {names.TAG_CORPUS_HASH: corpus.corpus_hash})
+    try:
+        model = build_model(cfg).to(device)
+        sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(),
+                                      cfg.sparsity.density, cfg.model.width_mult, cfg.sparsity)
+        result = train(model, torch.from_numpy(corpus.train), torch.from_numpy(corpus.val), sparsifier,
+                       cfg.train, cfg.seed, lambda step, m: run.log_metrics(m, step),
+                       label=point_label(cfg), position=bar_position)
+        total, nonzero = model.count_params()
+        run.log_metrics({
+            names.CAPABILITY_VAL_LOSS: result.val_loss,
+            names.CAPABILITY_BITS_PER_BYTE: result.val_loss / math.log(2),
+            names.CAPABILITY_UNIGRAM: corpus.unigram_loss,
+            names.CAPABILITY_BIGRAM: corpus.bigram_loss,
+            names.MODEL_TOTAL_PARAMS: total,
+            names.MODEL_NONZERO_PARAMS: nonzero,
+            names.TIME_TRAIN: result.train_s,
+            names.PERF_TOKENS_PER_S: result.tokens_per_s,
+        })
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = Path(tmp) / Path(names.ARTIFACT_CHECKPOINT).name
+            torch.save(model.state_dict(), checkpoint)
+            run.log_artifact(checkpoint, names.ARTIFACT_CHECKPOINT_DIR)
+    except BaseException as e:  # a crash or a kill: the run ends failed with its reason, never RUNNING
+        run.end(f"failed: {type(e).__name__}: {e}"[:500])
+        raise
+    run.end(names.STATUS_FINISHED)
+    return JobOutcome(names.STATUS_FINISHED, run.run_id, result.val_loss)

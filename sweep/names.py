@@ -1,0 +1,75 @@
+"""The names that tie the parts together (contract.md): defined once, imported everywhere."""
+
+# Node locations of one block, in forward order. Recording, activation sparsity, pruning masks,
+# edge counting and circuit drawing all use these names: `layer.<i>.<location>[<channel>]`.
+NODE_LOCATIONS = (
+    "attn.in",  # normed residual read, d_model
+    "attn.q",  # n_head * d_head
+    "attn.k",
+    "attn.v",
+    "attn.out",  # residual write, d_model
+    "mlp.in",  # normed residual read, d_model
+    "mlp.hidden",  # d_mlp, after the nonlinearity
+    "mlp.out",  # residual write, d_model
+)
+
+
+def node_name(layer: int, location: str, channel: int | None = None) -> str:
+    """Stable name of a node location (or of one channel of it)."""
+    base = f"layer.{layer}.{location}"
+    return base if channel is None else f"{base}[{channel}]"
+
+
+# Tags
+TAG_KIND = "sweep.kind"  # parent | job
+TAG_CONFIG_HASH = "sweep.config_hash"
+TAG_STATUS = "sweep.status"  # finished | failed: <reason> | skipped: duplicate of <run_id>
+TAG_GIT_COMMIT = "git.commit"
+TAG_CORPUS_HASH = "data.corpus_hash"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+KIND_PARENT = "parent"
+KIND_JOB = "job"
+STATUS_RUNNING = "running"
+STATUS_FINISHED = "finished"
+
+# Per-step metrics
+TRAIN_LOSS = "train/loss"
+VAL_LOSS = "val/loss"
+DENSITY_HIDDEN = "sparsity/density_hidden"
+NONZERO_PARAMS_STEP = "sparsity/nonzero_params"
+
+# Once-per-job metrics
+CAPABILITY_VAL_LOSS = "capability/val_loss"
+CAPABILITY_BITS_PER_BYTE = "capability/bits_per_byte"
+CAPABILITY_UNIGRAM = "capability/unigram_loss"
+CAPABILITY_BIGRAM = "capability/bigram_loss"
+MODEL_TOTAL_PARAMS = "model/total_params"
+MODEL_NONZERO_PARAMS = "model/nonzero_params"
+TIME_TRAIN = "time/train_s"
+TIME_PRUNE = "time/prune_s"
+PERF_TOKENS_PER_S = "perf/tokens_per_s"
+
+# What the training stage logs; tests pin these.
+STEP_METRICS = (TRAIN_LOSS, VAL_LOSS, DENSITY_HIDDEN, NONZERO_PARAMS_STEP)
+TRAINING_SUMMARY_METRICS = (
+    CAPABILITY_VAL_LOSS,
+    CAPABILITY_BITS_PER_BYTE,
+    CAPABILITY_UNIGRAM,
+    CAPABILITY_BIGRAM,
+    MODEL_TOTAL_PARAMS,
+    MODEL_NONZERO_PARAMS,
+    TIME_TRAIN,
+    PERF_TOKENS_PER_S,
+)
+
+# Artifacts
+ARTIFACT_CONFIG = "config.yaml"
+ARTIFACT_CHECKPOINT_DIR = "checkpoint"
+ARTIFACT_CHECKPOINT = "checkpoint/model.pt"
+
+# Each multirun job writes its outcome here, in its own output folder; the sweep summary reads them.
+RESULT_FILE = "result.json"
+
+# Environment variable through which the launching process hands the parent run to its jobs.
+ENV_PARENT_RUN_ID = "SWEEP_PARENT_RUN_ID"

@@ -1,0 +1,147 @@
+"""MLflow: the store, the experiment, parent and child runs, batched metric writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from omegaconf import DictConfig, OmegaConf
+
+from sweep import names
+from sweep.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Keys that say where or how a job runs, not what it computes: left out of the config hash.
+UNHASHED_KEYS = ("tracking", "train.device", "train.threads")
+MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
+MLFLOW_PARAM_BATCH_LIMIT = 100
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, or None for other stores."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def check_tracking(tracking_cfg) -> None:
+    """A local store's directory must exist or be creatable, and be writable (probed for real)."""
+    uri = tracking_cfg.uri
+    db = sqlite_path(uri)
+    if db is None:
+        if not uri.startswith(("http://", "https://", "postgresql://", "mysql://")):
+            raise ConfigError("tracking.uri", uri, "allowed: an absolute sqlite:///<path>.db, or an http(s) or SQL server URI")
+        return
+    if not db.is_absolute():
+        raise ConfigError("tracking.uri", uri, "a SQLite store must be an absolute path (sqlite:////abs/path/mlflow.db)")
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=db.parent):
+            pass
+    except OSError as e:
+        raise ConfigError("tracking.uri", uri, f"directory {db.parent} is not writable ({e.strerror})") from None
+
+
+def artifact_location(tracking_cfg) -> str | None:
+    """Absolute artifact folder for a new experiment on a local store (never relative to the cwd)."""
+    db = sqlite_path(tracking_cfg.uri)
+    return None if db is None else (db.parent / "mlartifacts" / tracking_cfg.experiment).as_uri()
+
+
+def ensure_experiment(tracking_cfg) -> tuple[MlflowClient, str]:
+    """Create the store and the experiment if needed; return a client and the experiment id."""
+    client = MlflowClient(tracking_uri=tracking_cfg.uri)
+    experiment = client.get_experiment_by_name(tracking_cfg.experiment)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    return client, client.create_experiment(tracking_cfg.experiment, artifact_location=artifact_location(tracking_cfg))
+
+
+def flatten(cfg: DictConfig) -> dict[str, object]:
+    """Resolved config as {dotted.key: value}."""
+    out: dict[str, object] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of the resolved job config minus tracking / execution keys: equal hash, same point."""
+    flat = {k: v for k, v in flatten(cfg).items()
+            if not any(k == u or k.startswith(u + ".") for u in UNHASHED_KEYS)}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def start_parent_run(tracking_cfg, run_name: str) -> str:
+    """A sweep's parent run, created in the launching process."""
+    client, experiment_id = ensure_experiment(tracking_cfg)
+    tags = {names.TAG_KIND: names.KIND_PARENT}
+    if commit := git_commit():
+        tags[names.TAG_GIT_COMMIT] = commit
+    return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def end_parent_run(tracking_cfg, run_id: str, failed: bool, summary: str) -> None:
+    client = MlflowClient(tracking_uri=tracking_cfg.uri)
+    client.log_text(run_id, summary, "summary.txt")
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+
+
+class JobRun:
+    """One job's child run; metrics are buffered and written in batches."""
+
+    def __init__(self, cfg: DictConfig, run_name: str, parent_run_id: str | None, extra_tags: dict[str, str]):
+        self.client, experiment_id = ensure_experiment(cfg.tracking)
+        tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_CONFIG_HASH: config_hash(cfg),
+                names.TAG_STATUS: names.STATUS_RUNNING, **extra_tags}
+        if parent_run_id:
+            tags[names.TAG_PARENT] = parent_run_id
+        if commit := git_commit():
+            tags[names.TAG_GIT_COMMIT] = commit
+        self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        self.flush_every = cfg.tracking.flush_every
+        self._pending: list[Metric] = []
+        params = [Param(k, str(v)) for k, v in flatten(cfg).items()]
+        for i in range(0, len(params), MLFLOW_PARAM_BATCH_LIMIT):
+            self.client.log_batch(self.run_id, params=params[i:i + MLFLOW_PARAM_BATCH_LIMIT])
+        self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), names.ARTIFACT_CONFIG)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self._pending), MLFLOW_BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=self._pending[i:i + MLFLOW_BATCH_LIMIT])
+        self._pending = []
+
+    def log_artifact(self, local_path: Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
+
+    def end(self, status: str) -> None:
+        """Flush, tag the outcome (`finished` or `failed: <reason>`), and close the run."""
+        self.flush()
+        self.client.set_tag(self.run_id, names.TAG_STATUS, status)
+        ok = status == names.STATUS_FINISHED
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))

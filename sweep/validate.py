@@ -1,0 +1,94 @@
+"""Check a job config before any work starts; every failure names the key, the value and the rule."""
+
+from __future__ import annotations
+
+import numbers
+
+from omegaconf import DictConfig
+
+from sweep import data, tracking
+from sweep.errors import ConfigError
+from sweep.sparsity import check_feasible
+from sweep.train import LR_SCHEDULES
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _number(cfg: DictConfig, key: str, low: float, high: float | None = None,
+            low_open: bool = False, high_open: bool = False) -> float:
+    value = _get(cfg, key)
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    rule = f"must be a number in {lo}{low}, {'inf' if high is None else high}{hi}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(key, value, rule)
+    if value < low or (low_open and value == low) or (high is not None and (value > high or (high_open and value == high))):
+        raise ConfigError(key, value, rule)
+    return float(value)
+
+
+def _integer(cfg: DictConfig, key: str, low: int) -> int:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(key, value, f"must be an integer >= {low}")
+    return value
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
+    value = _get(cfg, key)
+    if value not in allowed:
+        raise ConfigError(key, value, f"allowed: {', '.join(allowed)}")
+    return value
+
+
+def _get(cfg: DictConfig, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first setting that cannot work."""
+    density = _number(cfg, "sparsity.density", 0.0, 1.0, low_open=True)
+    width_mult = _integer(cfg, "model.width_mult", 1)
+    base_width = _integer(cfg, "model.base_width", 1)
+    d_head = _integer(cfg, "model.d_head", 1)
+    _integer(cfg, "model.n_layer", 1)
+    _integer(cfg, "model.mlp_ratio", 1)
+    _integer(cfg, "model.n_ctx", 2)
+    _number(cfg, "model.act_topk_frac", 0.0, 1.0, low_open=True)
+    d_model = base_width * width_mult
+    if d_model % d_head:
+        raise ConfigError("model.d_head", d_head, f"must divide d_model = model.base_width * model.width_mult = {d_model}")
+
+    j = _integer(cfg, "sparsity.min_per_neuron", 0)
+    start = _number(cfg, "sparsity.anneal_start", 0.0, 1.0)
+    end = _number(cfg, "sparsity.anneal_end", 0.0, 1.0)
+    if end < start:
+        raise ConfigError("sparsity.anneal_end", end, f"must be >= sparsity.anneal_start ({start})")
+    d_mlp = cfg.model.mlp_ratio * d_model
+    hidden = {"attn.q/k/v/o": (d_model, d_model), "mlp.fc_in": (d_mlp, d_model), "mlp.fc_out": (d_model, d_mlp)}
+    check_feasible(hidden, density, j, f"model.width_mult={width_mult} (d_model={d_model})")
+
+    _integer(cfg, "train.steps", 1)
+    _integer(cfg, "train.batch_size", 1)
+    _number(cfg, "train.lr", 0.0, low_open=True)
+    _number(cfg, "train.lr_density_exponent", 0.0)
+    _number(cfg, "train.warmup_frac", 0.0, 1.0)
+    _number(cfg, "train.adam_eps", 0.0, low_open=True)
+    _number(cfg, "train.weight_decay", 0.0)
+    _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+    _choice(cfg, "train.device", DEVICES)
+    _integer(cfg, "train.threads", 1)
+    log_every = _integer(cfg, "train.log_every", 1)
+    eval_every = _integer(cfg, "train.eval_every", 1)
+    if eval_every % log_every:
+        raise ConfigError("train.eval_every", eval_every, f"must be a multiple of train.log_every ({log_every})")
+    _integer(cfg, "train.eval_windows", 1)
+    _integer(cfg, "train.final_eval_windows", 1)
+
+    _choice(cfg, "data.tokenizer", data.TOKENIZERS)
+    _number(cfg, "data.val_frac", 0.0, 1.0, low_open=True, high_open=True)
+    data.check_source(cfg.data.source)
+    _integer(cfg, "tracking.flush_every", 1)
+    tracking.check_tracking(cfg.tracking)

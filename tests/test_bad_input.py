@@ -1,0 +1,67 @@
+"""Bad input: one clear message naming the key, exit 2, before any run, the store untouched."""
+
+import hashlib
+
+import pytest
+
+from conftest import Sweep
+
+BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
+    (["sparsity.density=0"], "sparsity.density", "(0.0, 1.0]"),
+    (["sparsity.density=1.5"], "sparsity.density", "(0.0, 1.0]"),
+    (["sparsity.density=-0.1"], "sparsity.density", "(0.0, 1.0]"),
+    (["sparsity.density=dense"], "sparsity.density", "must be a number"),
+    (["model.width_mult=0"], "model.width_mult", "integer >= 1"),
+    (["model.d_head=12"], "model.d_head", "must divide d_model"),
+    (["model.n_ctx=1"], "model.n_ctx", "integer >= 2"),
+    (["sparsity.density=0.04"], "sparsity.density", "infeasible"),  # 0.04 * 16 < j = 1
+    (["data.source=/nonexistent/corpus"], "data.source", "existing directory"),
+    (["model=transformerxl"], "model", "Available options in 'model'"),
+    (["sparsity.densty=0.1"], "sparsity.densty", "densty"),
+]
+
+
+def store_digest(sweep) -> str:
+    return hashlib.sha256(sweep.db.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def filled_store(tmp_path_factory):
+    """A store that already holds one finished run: bad input must not touch it."""
+    sweep = Sweep(tmp_path_factory.mktemp("filled"))
+    result = sweep.run("sparsity.density=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
+@pytest.mark.parametrize("overrides,key,rule", BAD_INPUTS, ids=[b[0][0] for b in BAD_INPUTS])
+def test_bad_input_fails_cleanly(filled_store, overrides, key, rule, multirun):
+    sweep = filled_store
+    before = store_digest(sweep)
+    result = sweep.run(*overrides, multirun=multirun)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert key in result.stderr and rule in result.stderr
+    assert "Traceback" not in result.stderr
+    assert store_digest(sweep) == before
+    assert len(sweep.runs()) == 1
+
+
+def test_empty_corpus_directory(sweep, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README.txt").write_text("no python here")
+    result = sweep.run(f"data.source={tmp_path / 'empty'}")
+    assert result.returncode == 2 and "data.source" in result.stderr and "no .py files" in result.stderr
+    assert not sweep.db.exists()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_tracking_directory(sweep, tmp_path, where):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    target = blocker / "sub" / "mlflow.db" if where == "under_a_file" else "/proc/sparsity-sweep/mlflow.db"
+    result = sweep.run(f"tracking.uri=sqlite:///{target}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "tracking.uri" in result.stderr and "not writable" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not sweep.db.exists()

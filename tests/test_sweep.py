@@ -1,0 +1,85 @@
+"""Real Hydra runs of `python -m sweep` against a real SQLite MLflow store."""
+
+import hashlib
+
+import pytest
+import torch
+
+from sweep import names
+from sweep.tracking import git_commit
+
+STEP_METRICS = set(names.STEP_METRICS)
+ONCE_METRICS = set(names.TRAINING_SUMMARY_METRICS)
+
+
+def metric_history(client, run_id):
+    return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
+            for k in STEP_METRICS | ONCE_METRICS}
+
+
+def test_two_point_multirun_logs_two_children_under_one_parent(sweep, tmp_path):
+    result = sweep.run("sparsity.density=1,0.5", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sweep.runs()
+    parents = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_PARENT]
+    jobs = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
+    assert len(parents) == 1 and len(jobs) == 2
+    assert parents[0].info.status == "FINISHED"
+    assert "2 finished" in result.stdout
+
+    for job in jobs:
+        tags, params, metrics = job.data.tags, job.data.params, job.data.metrics
+        assert tags[names.TAG_PARENT] == parents[0].info.run_id
+        assert tags[names.TAG_STATUS] == names.STATUS_FINISHED and job.info.status == "FINISHED"
+        assert len(tags[names.TAG_CONFIG_HASH]) == 16 and len(tags[names.TAG_CORPUS_HASH]) == 16
+        assert tags.get(names.TAG_GIT_COMMIT) == git_commit()
+        assert params["model.base_width"] == "16" and params["train.steps"] == "30"
+        assert set(metrics) >= STEP_METRICS | ONCE_METRICS
+        history = sweep.client.get_metric_history(job.info.run_id, names.TRAIN_LOSS)
+        assert [m.step for m in history] == [5, 10, 15, 20, 25, 30]
+        assert [m.step for m in sweep.client.get_metric_history(job.info.run_id, names.VAL_LOSS)] == [10, 20, 30]
+        assert metrics[names.CAPABILITY_BIGRAM] < metrics[names.CAPABILITY_UNIGRAM]
+        assert metrics[names.MODEL_NONZERO_PARAMS] <= metrics[names.MODEL_TOTAL_PARAMS]
+
+        artifacts = {a.path for a in sweep.client.list_artifacts(job.info.run_id)}
+        assert names.ARTIFACT_CONFIG in artifacts and names.ARTIFACT_CHECKPOINT_DIR in artifacts
+        path = sweep.client.download_artifacts(job.info.run_id, names.ARTIFACT_CHECKPOINT, str(tmp_path))
+        state = torch.load(path, weights_only=True)
+        assert "blocks.0.fc_in.weight" in state
+
+    by_density = {float(j.data.params["sparsity.density"]): j for j in jobs}
+    dense, sparse = by_density[1.0], by_density[0.5]
+    assert dense.data.tags[names.TAG_CONFIG_HASH] != sparse.data.tags[names.TAG_CONFIG_HASH]
+    assert sparse.data.metrics[names.MODEL_NONZERO_PARAMS] < dense.data.metrics[names.MODEL_NONZERO_PARAMS]
+    assert sparse.data.metrics[names.DENSITY_HIDDEN] == pytest.approx(0.5)
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    from conftest import Sweep
+
+    histories = []
+    for name in ("a", "b", "c"):
+        sweep = Sweep(tmp_path / name)
+        seed = 1 if name == "c" else 0
+        result = sweep.run("sparsity.density=0.5", f"seed={seed}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        (job,) = sweep.runs()
+        histories.append(metric_history(sweep.client, job.info.run_id))
+        if name != "c":
+            checkpoint = sweep.client.download_artifacts(job.info.run_id, names.ARTIFACT_CHECKPOINT, str(tmp_path / name))
+            histories[-1]["weights"] = hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()
+    a, b, c = histories
+    for key in STEP_METRICS | {names.CAPABILITY_VAL_LOSS}:
+        assert a[key] == b[key], key
+    assert a["weights"] == b["weights"]
+    assert a[names.TRAIN_LOSS] != c[names.TRAIN_LOSS]  # the seed matters
+
+
+def test_invalid_point_in_a_multirun_is_skipped_and_the_rest_runs(sweep):
+    # base_width 16: density 0.05 keeps 0.8 weights per unit < j = 1, so that point is infeasible
+    result = sweep.run("sparsity.density=1,0.05", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipping invalid point" in result.stderr and "sparsity.density=0.05" in result.stderr
+    jobs = [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
+    assert [j.data.params["sparsity.density"] for j in jobs] == ["1.0"]
+    assert "1 finished" in result.stdout and "1 invalid" in result.stdout
