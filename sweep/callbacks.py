@@ -16,15 +16,8 @@ from omegaconf import DictConfig
 from sweep import names, tracking
 from sweep.data import load_corpus
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
+from sweep.points import describe_point
 from sweep.validate import validate
-
-
-WHERE_KEYS = ("tracking.", "hydra.", "data.cache_dir")
-
-
-def describe_point(overrides) -> str:
-    """The overrides that make a point what it is (not where it logs or writes)."""
-    return " ".join(o for o in overrides if not o.startswith(WHERE_KEYS)) or "(defaults)"
 
 
 def sweep_points(config: DictConfig) -> list[tuple[str, DictConfig]]:

@@ -14,9 +14,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sweep import names
-from sweep.callbacks import describe_point
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.job import JobOutcome, run_job
+from sweep.points import describe_point
 from sweep.tracking import PROJECT_ROOT
 
 def _bar_position(hc) -> int:
@@ -30,7 +30,8 @@ def hydra_job(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        outcome = run_job(cfg, os.environ.get(names.ENV_PARENT_RUN_ID), _bar_position(hc) if multirun else 0)
+        outcome = run_job(cfg, os.environ.get(names.ENV_PARENT_RUN_ID), hc.overrides.task,
+                          _bar_position(hc) if multirun else 0)
     except ConfigError as e:
         if not multirun:
             raise

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from sweep import names
 from sweep.data import VOCAB_SIZE, load_corpus
 from sweep.model import GPT, ModelShape
+from sweep.points import point_label
 from sweep.sparsity import WeightSparsifier
 from sweep.tracking import JobRun
 from sweep.train import train
@@ -29,11 +30,6 @@ class JobOutcome:
         return asdict(self)
 
 
-def point_label(cfg: DictConfig) -> str:
-    """Short name of a grid point, used for the run name and the progress bar."""
-    return f"w{cfg.model.width_mult}-d{cfg.sparsity.density:g}-s{cfg.seed}"
-
-
 def resolve_device(device: str) -> torch.device:
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                         "cpu" if device == "auto" else device)
@@ -43,22 +39,23 @@ def build_model(cfg: DictConfig) -> GPT:
     return GPT(ModelShape.from_config(cfg.model, VOCAB_SIZE[cfg.data.tokenizer]))
 
 
-def run_job(cfg: DictConfig, parent_run_id: str | None = None, bar_position: int = 0) -> JobOutcome:
+def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar_position: int = 0) -> JobOutcome:
     """Train one weight-sparse model and log it; raises ConfigError before any run exists."""
     validate(cfg)
     torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.train.device)
     corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
+    label = point_label(cfg, overrides)
 
-    run = JobRun(cfg, point_label(cfg), parent_run_id, {names.TAG_CORPUS_HASH: corpus.corpus_hash})
+    run = JobRun(cfg, label, parent_run_id, {names.TAG_CORPUS_HASH: corpus.corpus_hash})
     try:
         model = build_model(cfg).to(device)
         sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(),
                                       cfg.sparsity.density, cfg.model.width_mult, cfg.sparsity)
         result = train(model, torch.from_numpy(corpus.train), torch.from_numpy(corpus.val), sparsifier,
                        cfg.train, cfg.seed, lambda step, m: run.log_metrics(m, step),
-                       label=point_label(cfg), position=bar_position)
+                       label=label, position=bar_position)
         total, nonzero = model.count_params()
         run.log_metrics({
             names.CAPABILITY_VAL_LOSS: result.val_loss,

@@ -53,7 +53,8 @@ class WeightSparsifier:
 
     def __init__(self, hidden: dict, embedding: dict, density: float, width_mult: int, sparsity_cfg):
         self.hidden, self.embedding = hidden, embedding
-        self.density, self.emb_density = density, embedding_density(density, width_mult)
+        self.density, self.width_mult = density, width_mult
+        self.emb_density = embedding_density(density, width_mult)
         self.cfg = sparsity_cfg
         self.density_now = 1.0
 

@@ -27,9 +27,9 @@ class TrainResult:
     tokens_per_s: float
 
 
-def base_lr(train_cfg, density: float) -> float:
-    """Sparser models want a larger LR: lr0 * density^-exponent."""
-    return train_cfg.lr * density ** (-train_cfg.lr_density_exponent)
+def base_lr(train_cfg, density: float, width_mult: int) -> float:
+    """Sparser models want a larger LR, wider ones a smaller: lr0 * density^-a * width_mult^-b."""
+    return train_cfg.lr * density ** (-train_cfg.lr_density_exponent) * width_mult ** (-train_cfg.lr_width_exponent)
 
 
 def lr_factor(step: int, total: int, warmup_frac: float) -> float:
@@ -83,7 +83,7 @@ def train(model: GPT, train_tokens: torch.Tensor, val_tokens: torch.Tensor, spar
     generator = torch.Generator().manual_seed(seed)
     val_inputs, val_targets = (t.to(device) for t in eval_windows(val_tokens, n_ctx, train_cfg.eval_windows))
     optimizer = build_optimizer(model, train_cfg)
-    lr0 = base_lr(train_cfg, sparsifier.density)
+    lr0 = base_lr(train_cfg, sparsifier.density, sparsifier.width_mult)
     tokens_per_step = train_cfg.batch_size * n_ctx
     loss_sum, loss_count = torch.zeros((), device=device), 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sweep import data, tracking
 from sweep.errors import ConfigError
@@ -23,6 +23,7 @@ def _number(cfg: DictConfig, key: str, low: float, high: float | None = None,
         raise ConfigError(key, value, rule)
     if value < low or (low_open and value == low) or (high is not None and (value > high or (high_open and value == high))):
         raise ConfigError(key, value, rule)
+    OmegaConf.update(cfg, key, float(value))  # `density=1` and `density=1.0` are one point
     return float(value)
 
 
@@ -48,7 +49,7 @@ def _get(cfg: DictConfig, key: str):
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first setting that cannot work."""
+    """Raise ConfigError for the first setting that cannot work; write numbers back as floats."""
     density = _number(cfg, "sparsity.density", 0.0, 1.0, low_open=True)
     width_mult = _integer(cfg, "model.width_mult", 1)
     base_width = _integer(cfg, "model.base_width", 1)
@@ -74,6 +75,7 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "train.batch_size", 1)
     _number(cfg, "train.lr", 0.0, low_open=True)
     _number(cfg, "train.lr_density_exponent", 0.0)
+    _number(cfg, "train.lr_width_exponent", 0.0)
     _number(cfg, "train.warmup_frac", 0.0, 1.0)
     _number(cfg, "train.adam_eps", 0.0, low_open=True)
     _number(cfg, "train.weight_decay", 0.0)

@@ -29,7 +29,11 @@ class Sweep:
         self.tmp = tmp
         self.db = tmp / "mlflow.db"
         self.uri = f"sqlite:///{self.db}"
-        self.client = MlflowClient(tracking_uri=self.uri)
+
+    @property
+    def client(self) -> MlflowClient:
+        """Made on use: a client creates the store, and some tests check that none exists."""
+        return MlflowClient(tracking_uri=self.uri)
 
     def args(self, *overrides: str, tiny: bool = True) -> list[str]:
         return [*(TINY if tiny else []), f"data.cache_dir={self.tmp / 'cache'}", f"tracking.uri={self.uri}",
