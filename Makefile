@@ -11,9 +11,9 @@ ARGS ?=
 PORT ?= 5000
 STORE := sqlite:///$(CURDIR)/mlflow.db
 
+# torch is pinned in the same pip call: any other torch requirement pulls GBs of CUDA packages.
 $(INSTALLED): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch pinned in the same pip call: any other torch requirement pulls GBs of CUDA packages
 	$(BIN)/pip install --quiet torch==2.13.0 -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@

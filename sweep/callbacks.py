@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from sweep import names, tracking
 from sweep.data import load_corpus
-from sweep.errors import EXIT_BAD_INPUT, ConfigError
+from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started
 from sweep.points import describe_point
 from sweep.validate import validate
 
@@ -63,6 +63,7 @@ class SweepCallback(Callback):
         if len(invalid) == len(points):
             print("error: no valid point in this sweep; nothing was run or logged", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
+        mark_work_started()
         self.expected = len(points)
         valid_cfg = next(cfg for overrides, cfg in points if overrides not in invalid)
         # Build the corpus cache and the SQLite store here, once, before parallel jobs race for them.

@@ -14,10 +14,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sweep import names
-from sweep.errors import EXIT_BAD_INPUT, ConfigError
+from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started, work_started
 from sweep.job import JobOutcome, run_job
 from sweep.points import describe_point
 from sweep.tracking import PROJECT_ROOT
+
 
 def _bar_position(hc) -> int:
     n_jobs = hc.launcher.get("n_jobs", 1) if "launcher" in hc else 1
@@ -27,6 +28,7 @@ def _bar_position(hc) -> int:
 @hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name="config", version_base="1.3")
 def hydra_job(cfg: DictConfig) -> dict:
     """Run one job; in a multirun, bad points and crashes are recorded instead of raised."""
+    mark_work_started()
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
@@ -55,6 +57,11 @@ def main() -> None:
     except CompactHydraException as e:
         cause = f" ({e.__cause__})" if e.__cause__ is not None and str(e.__cause__) not in str(e) else ""
         sys.exit(_bad_input(f"invalid config: {e}{cause}"))
+    except Exception as e:
+        if work_started():
+            raise
+        # Hydra / OmegaConf failed while composing the config: an override it could not apply.
+        sys.exit(_bad_input(f"invalid config or override: {type(e).__name__}: {e}"))
 
 
 def _bad_input(message: str) -> int:

@@ -9,3 +9,16 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"invalid config: {key}={value!r}: {allowed}")
+
+
+_work_started = False
+
+
+def mark_work_started() -> None:
+    """Called when a job (or a sweep's launch) begins: errors before this are bad input."""
+    global _work_started
+    _work_started = True
+
+
+def work_started() -> bool:
+    return _work_started

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import signal
+import sys
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +42,12 @@ def build_model(cfg: DictConfig) -> GPT:
     return GPT(ModelShape.from_config(cfg.model, VOCAB_SIZE[cfg.data.tokenizer]))
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so a killed job still closes its run as failed."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(f"killed by signal {signum}"))
+
+
 def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar_position: int = 0) -> JobOutcome:
     """Train one weight-sparse model and log it; raises ConfigError before any run exists."""
     validate(cfg)
@@ -48,6 +57,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
     corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
     label = point_label(cfg, overrides)
 
+    exit_on_sigterm()
     run = JobRun(cfg, label, parent_run_id, {names.TAG_CORPUS_HASH: corpus.corpus_hash})
     try:
         model = build_model(cfg).to(device)

@@ -110,13 +110,16 @@ def train(model: GPT, train_tokens: torch.Tensor, val_tokens: torch.Tensor, spar
 
         last = step == steps - 1
         if (step + 1) % train_cfg.log_every == 0 or last:
-            metrics = {names.TRAIN_LOSS: loss_sum.item() / loss_count,
+            train_loss = loss_sum.item() / loss_count
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training diverged: {names.TRAIN_LOSS}={train_loss} at step {step + 1}")
+            metrics = {names.TRAIN_LOSS: train_loss,
                        names.DENSITY_HIDDEN: sparsifier.density_now,
                        names.NONZERO_PARAMS_STEP: model.count_params()[1]}
             if (step + 1) % train_cfg.eval_every == 0 or last:
                 metrics[names.VAL_LOSS] = evaluate(model, val_inputs, val_targets, train_cfg.batch_size)
             log(step + 1, metrics)
-            bar.set_postfix(loss=f"{metrics[names.TRAIN_LOSS]:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{train_loss:.3f}", refresh=False)
             loss_sum, loss_count = torch.zeros((), device=device), 0
     train_s = time.perf_counter() - start
     bar.close()

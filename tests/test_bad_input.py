@@ -18,6 +18,7 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["data.source=/nonexistent/corpus"], "data.source", "existing directory"),
     (["model=transformerxl"], "model", "Available options in 'model'"),
     (["sparsity.densty=0.1"], "sparsity.densty", "densty"),
+    (["hydra.sweeper.params={model.width_mult: 1}"], "hydra.sweeper.params", "invalid config"),
 ]
 
 

@@ -1,10 +1,16 @@
 """Real Hydra runs of `python -m sweep` against a real SQLite MLflow store."""
 
 import hashlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
+from conftest import PROJECT_ROOT, Sweep
 from sweep import names
 from sweep.tracking import git_commit
 
@@ -55,8 +61,6 @@ def test_two_point_multirun_logs_two_children_under_one_parent(sweep, tmp_path):
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
-    from conftest import Sweep
-
     histories = []
     for name in ("a", "b", "c"):
         sweep = Sweep(tmp_path / name)
@@ -83,3 +87,45 @@ def test_invalid_point_in_a_multirun_is_skipped_and_the_rest_runs(sweep):
     jobs = [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
     assert [j.data.params["sparsity.density"] for j in jobs] == ["1.0"]
     assert "1 finished" in result.stdout and "1 invalid" in result.stdout
+
+
+def running_runs(db) -> int:
+    """Runs marked RUNNING, read without MLflow: a second client must not race the job to create the store."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            return connection.execute("SELECT count(*) FROM runs WHERE status = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:  # no file or no tables yet
+        return 0
+
+
+def test_killed_job_ends_failed_not_running(sweep):
+    """SIGTERM mid-training: the run is closed FAILED with the reason, never left RUNNING."""
+    cmd = [sys.executable, "-m", "sweep", *sweep.args("train.steps=100000")]
+    process = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not running_runs(sweep.db):
+            time.sleep(0.5)
+        time.sleep(2)  # inside the training loop by now
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    (job,) = sweep.runs()
+    assert job.info.status == "FAILED", stderr[-2000:]
+    assert job.data.tags[names.TAG_STATUS].startswith("failed: SystemExit: killed by signal 15")
+
+
+def test_a_crashing_job_does_not_stop_the_others(sweep):
+    """A diverging job (absurd LR) fails with its reason; the other point finishes; exit status 1."""
+    result = sweep.run("train.lr=0.001,1e30", multirun=True)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "1 failed" in result.stdout and "1 finished" in result.stdout
+    runs = sweep.runs()
+    jobs = {r.data.params["train.lr"]: r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_JOB}
+    assert jobs["0.001"].info.status == "FINISHED"
+    assert jobs["1e+30"].info.status == "FAILED"
+    assert jobs["1e+30"].data.tags[names.TAG_STATUS].startswith("failed: FloatingPointError: training diverged")
+    (parent,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_PARENT]
+    assert parent.info.status == "FAILED"
