@@ -30,6 +30,13 @@ def sweep_points(config: DictConfig) -> list[tuple[str, DictConfig]]:
     return [(describe_point(o), loader.load_sweep_config(config, list(o))) for o in points]
 
 
+def parent_run_name(config: DictConfig) -> str:
+    """`quick 2026-11-21 12:05:28`: the grid's name and when the sweep started."""
+    grid = config.hydra.runtime.choices.get("experiment") or "sweep"
+    sweep_dir = Path(config.hydra.sweep.dir)
+    return f"{grid} {sweep_dir.parent.name} {sweep_dir.name.replace('-', ':')}"
+
+
 def format_summary(results: list[dict], expected: int) -> tuple[str, bool]:
     """A table of every point's outcome, and whether any job failed unexpectedly."""
     width = max([len(r["point"]) for r in results] + [5])
@@ -68,7 +75,7 @@ class SweepCallback(Callback):
         valid_cfg = next(cfg for overrides, cfg in points if overrides not in invalid)
         # Build the corpus cache and the SQLite store here, once, before parallel jobs race for them.
         load_corpus(valid_cfg.data, Path(valid_cfg.data.cache_dir))
-        self.parent_run_id = tracking.start_parent_run(config.tracking, run_name=Path(config.hydra.sweep.dir).name)
+        self.parent_run_id = tracking.start_parent_run(config.tracking, run_name=parent_run_name(config))
         os.environ[names.ENV_PARENT_RUN_ID] = self.parent_run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
