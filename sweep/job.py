@@ -34,8 +34,10 @@ class JobOutcome:
 
 
 def resolve_device(device: str) -> torch.device:
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                        "cpu" if device == "auto" else device)
+    """`auto` is CUDA when present, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
 
 
 def build_model(cfg: DictConfig) -> GPT:

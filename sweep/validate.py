@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import data, tracking
@@ -80,7 +81,8 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "train.adam_eps", 0.0, low_open=True)
     _number(cfg, "train.weight_decay", 0.0)
     _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
-    _choice(cfg, "train.device", DEVICES)
+    if _choice(cfg, "train.device", DEVICES) == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device", "cuda", "no CUDA device on this machine; allowed here: auto, cpu")
     _integer(cfg, "train.threads", 1)
     log_every = _integer(cfg, "train.log_every", 1)
     eval_every = _integer(cfg, "train.eval_every", 1)

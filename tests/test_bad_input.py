@@ -3,6 +3,7 @@
 import hashlib
 
 import pytest
+import torch
 
 from conftest import Sweep
 
@@ -46,6 +47,13 @@ def test_bad_input_fails_cleanly(filled_store, overrides, key, rule, multirun):
     assert "Traceback" not in result.stderr
     assert store_digest(sweep) == before
     assert len(sweep.runs()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_a_gpu(sweep):
+    result = sweep.run("train.device=cuda")
+    assert result.returncode == 2 and "train.device" in result.stderr and "no CUDA device" in result.stderr
+    assert not sweep.db.exists()
 
 
 def test_empty_corpus_directory(sweep, tmp_path):
