@@ -1,0 +1,302 @@
+"""The task suite (tasks.md): minimal pairs of Python prompts whose next byte is forced by a cue."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from sweep.errors import ConfigError
+
+# A generator draws one minimal pair: (prompt_a, target_a, prompt_b, target_b).
+Pair = tuple[str, str, str, str]
+Generator = Callable[[random.Random], Pair]
+
+NAMES = ["x", "y", "val", "item", "data", "count", "total", "name", "key", "node", "buf", "row", "acc", "res"]
+WORDS = ["hello", "world", "spam", "eggs", "foo", "bar", "path", "index", "error", "value", "text", "line"]
+MODULES = ["os", "sys", "re", "json", "math", "time", "random", "string"]
+INDENTS = ["    ", "        "]
+
+TASKS: dict[str, Generator] = {}
+CONTROL = "nonsense_control"
+
+
+def register_task(name: str):
+    """Add a Python generator to the registry: `@register_task("my_task")`."""
+
+    def add(generator: Generator) -> Generator:
+        TASKS[name] = generator
+        return generator
+
+    return add
+
+
+def _name(rng: random.Random, *avoid: str) -> str:
+    return rng.choice([n for n in NAMES if n not in avoid])
+
+
+def preamble(rng: random.Random) -> str:
+    """A random top-level line put before both prompts of a pair: variety that carries no cue."""
+    return rng.choice([
+        "",
+        f"{_name(rng)} = {rng.randint(0, 99)}\n",
+        f"import {rng.choice(MODULES)}\n",
+        f"# {rng.choice(WORDS)} {rng.choice(WORDS)}\n",
+        f"{_name(rng)} = {rng.choice(MODULES)}.{rng.choice(WORDS)}\n",
+    ])
+
+
+@register_task("single_double_quote")
+def single_double_quote(rng):
+    v, w = _name(rng), " ".join(rng.sample(WORDS, rng.randint(1, 2)))
+    return f"{v} = '{w}", "'", f'{v} = "{w}', '"'
+
+
+@register_task("bracket_counting")
+def bracket_counting(rng):
+    v, nums = _name(rng), ", ".join(str(rng.randint(0, 99)) for _ in range(rng.randint(1, 3)))
+    return f"{v} = [[{nums}]", "]", f"{v} = [{nums}]", "\n"
+
+
+def _set_or_string(rng, v: str) -> Pair:
+    loop = f"for {_name(rng, v)} in items:\n    "
+    return f"{v} = set()\n{loop}{v}", ".", f'{v} = ""\n{loop}{v}', " "
+
+
+@register_task("set_or_string")
+def set_or_string(rng):
+    return _set_or_string(rng, _name(rng, "x"))
+
+
+@register_task("set_or_string_fixedvarname")
+def set_or_string_fixedvarname(rng):
+    return _set_or_string(rng, "out")
+
+
+@register_task("while_return_true")
+def while_return_true(rng):
+    ind, v = rng.choice(INDENTS), _name(rng)
+    head = f"def {rng.choice(WORDS)}():\n{ind}{v} = {rng.randint(0, 9)}\n"
+    return f"{head}{ind}while True", ":", f"{head}{ind}return True", "\n"
+
+
+@register_task("else_elif")
+def else_elif(rng):
+    v, u = _name(rng), _name(rng)
+    head = f"if {v} == {rng.randint(0, 9)}:\n    {u} = {rng.randint(0, 9)}\n"
+    return f"{head}else", ":", f"{head}elif", " "
+
+
+@register_task("with_as")
+def with_as(rng):
+    p = rng.choice(["p", "path", "fname", "src"])
+    return f"with open({p})", " ", f"f = open({p})", "\n"
+
+
+@register_task("for_while")
+def for_while(rng):
+    v = _name(rng)
+    return f"for {v} ", "i", f"while {v} ", "<"
+
+
+@register_task("if_ternary")
+def if_ternary(rng):
+    v, u = _name(rng), _name(rng)
+    return f"{u} = a if {v} > 0", " ", f"if {v} > 0", ":"
+
+
+@register_task("fstring_brace")
+def fstring_brace(rng):
+    v, w = _name(rng), rng.choice(WORDS)
+    return f'msg = f"{w}: {{{v}', "}", f"d = {{{v}", ":"
+
+
+@register_task("bracket_brace")
+def bracket_brace(rng):
+    v, items = _name(rng), ", ".join(rng.sample("abcdefgh", rng.randint(2, 4)))
+    return f"{v} = [{items}", "]", f"{v} = {{{items}", "}"
+
+
+@register_task("var_swap")
+def var_swap(rng):
+    a, b = rng.sample("abcdefghpqrstuvw", 2)
+    return f"{a}, {b} = {b}, ", a, f"{a}, {b} = {a}, ", b
+
+
+@register_task("lambda_func")
+def lambda_func(rng):
+    f, v = rng.choice(["f", "g", "key", "fn"]), rng.choice("xyzn")
+    return f"{f} = lambda {v}", ":", f"def {f}({v}", ")"
+
+
+@register_task("enumerate_range")
+def enumerate_range(rng):
+    i, v = rng.sample("ijkn", 1)[0], rng.choice(["x", "item", "row", "val"])
+    return f"for {i}, {v} in ", "e", f"for {i} in ", "r"
+
+
+@register_task("class_init")
+def class_init(rng):
+    cls = rng.choice(WORDS).capitalize()
+    return f"class {cls}:\n    def __init__(", "s", f"class {cls}:\n    @classmethod\n    def create(", "c"
+
+
+@register_task("with_open")
+def with_open(rng):
+    p = rng.choice(["p", "path", "fname", "out"])
+    return f'with open({p}, "w") as f:\n    f.', "w", f'with open({p}, "r") as f:\n    f.', "r"
+
+
+@register_task("if_equals")
+def if_equals(rng):
+    v = _name(rng)
+    return f"if {v} =", "=", f"{v} =", " "
+
+
+@register_task("var_if")
+def var_if(rng):
+    a = _name(rng)
+    b = rng.choice([n for n in NAMES if n[0] != a[0]])
+    value = rng.randint(0, 9)
+    return f"{a} = {value}\nif ", a[0], f"{b} = {value}\nif ", b[0]
+
+
+@register_task("indent_for")
+def indent_for(rng):
+    v = rng.choice(["xs", "items", "rows", "data"])
+    return f"def f({v}):\n    for x in {v}:\n", " ", f"def f({v}):\n    return {v}\n", "\n"
+
+
+@register_task("final_kwarg")
+def final_kwarg(rng):
+    f, v = rng.choice(["run", "call", "make", "load"]), _name(rng)
+    k = rng.choice(["key", "mode", "flag", "size"])
+    return f"{f}({v}, {k}={rng.randint(0, 9)}", ")", f"{f}({v}, {k}", "="
+
+
+PAPER_TASKS = tuple(TASKS)  # the twenty, in the paper's order
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    target: str  # the correct next byte
+    other: str  # the contrast byte
+
+
+@dataclass
+class TaskSet:
+    """One task's prompts, split into train (for fitting masks) and held-out (for the target check)."""
+
+    name: str
+    train: list[Example]
+    heldout: list[Example]
+
+
+def flipped_by_hash(prompt: str, seed: int) -> bool:
+    """The control's coin: a seeded hash of the prompt, unrelated to any rule."""
+    return hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[0] % 2 == 1
+
+
+def control_pair(rng: random.Random, seed: int) -> Pair:
+    """A pair from a random real task, its labels swapped or kept by the hash coin: no rule."""
+    a, ta, b, tb = _draw(TASKS[rng.choice(PAPER_TASKS)], rng)
+    return (a, tb, b, ta) if flipped_by_hash(a, seed) else (a, ta, b, tb)
+
+
+def _draw(generator: Generator, rng: random.Random) -> Pair:
+    head = preamble(rng)
+    a, ta, b, tb = generator(rng)
+    return head + a, ta, head + b, tb
+
+
+def generate(name: str, n_train: int, n_heldout: int, seed: int, n_ctx: int) -> TaskSet:
+    """Seeded, balanced (every pair gives one example of each class), train and held-out disjoint,
+    every prompt at most n_ctx bytes."""
+    rng = random.Random(f"{seed}:{name}")
+    draw = (lambda: control_pair(rng, seed)) if name == CONTROL else (lambda: _draw(TASKS[name], rng))
+    seen: set[str] = set()
+    pairs: list[Pair] = []
+    for _ in range(50 * (n_train + n_heldout)):
+        if len(pairs) == n_train + n_heldout:
+            break
+        pair = draw()
+        if pair[0] in seen or pair[2] in seen or max(len(pair[0].encode()), len(pair[2].encode())) > n_ctx:
+            continue
+        seen.update((pair[0], pair[2]))
+        pairs.append(pair)
+    if len(pairs) < n_train + n_heldout:
+        raise ConfigError("tasks.names", name, f"only {len(pairs)} distinct pairs of at most {n_ctx} bytes; "
+                                               f"{n_train + n_heldout} needed")
+    examples = [[Example(a, ta, tb), Example(b, tb, ta)] for a, ta, b, tb in pairs]
+    flat = lambda chunk: [e for pair in chunk for e in pair]  # noqa: E731
+    return TaskSet(name, flat(examples[:n_train]), flat(examples[n_train:]))
+
+
+def check_task(name: str, n_ctx: int, seed: int = 0) -> None:
+    """Config-time check: the task exists, its contrasts are single tokens, its prompts can fit."""
+    if name not in TASKS and name != CONTROL:
+        raise ConfigError("tasks.names", name, f"unknown task; allowed: {', '.join(sorted([*TASKS, CONTROL]))}")
+    sample = generate(name, 8, 8, seed, n_ctx)  # raises if too few prompts fit in n_ctx
+    for example in sample.train + sample.heldout:
+        for token in (example.target, example.other):
+            if len(token.encode()) != 1:
+                raise ConfigError("tasks.names", name, f"contrast {token!r} is not a single byte token")
+
+
+def load_yaml_task(path: Path) -> str:
+    """Register a task defined by templates: see README 'Adding a task'. Returns its name."""
+    spec = yaml.safe_load(Path(path).read_text()) or {}
+    name = spec.get("name") or Path(path).stem
+    slots: dict = spec.get("slots") or {}
+    try:
+        sides = [(spec[side]["template"], str(spec[side]["target"])) for side in ("a", "b")]
+    except (KeyError, TypeError):
+        raise ConfigError("tasks.yaml", str(path), "needs a: {template, target} and b: {template, target}") from None
+    for template, target in sides:
+        if not template.strip():
+            raise ConfigError("tasks.yaml", str(path), "a template is empty")
+        if len(target.encode()) != 1:
+            raise ConfigError("tasks.yaml", str(path), f"target {target!r} is not a single byte token")
+        for slot in _slots_in(template):
+            if not slots.get(slot):
+                raise ConfigError("tasks.yaml", str(path), f"template uses slot {{{slot}}} with no values under slots")
+
+    def generator(rng: random.Random) -> Pair:
+        values = {slot: str(rng.choice(choices)) for slot, choices in slots.items()}
+        (ta, a), (tb, b) = ((t.format(**values), target) for t, target in sides)
+        return ta, a, tb, b
+
+    TASKS[name] = generator
+    return name
+
+
+def _slots_in(template: str) -> set[str]:
+    import string
+
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+
+
+def encode(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded byte prompts (N, T), last positions (N,), target and contrast ids (N,)."""
+    ids = [list(e.prompt.encode()) for e in examples]
+    tokens = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        tokens[row, : len(seq)] = torch.tensor(seq)
+    last = torch.tensor([len(seq) - 1 for seq in ids])
+    target = torch.tensor([e.target.encode()[0] for e in examples])
+    other = torch.tensor([e.other.encode()[0] for e in examples])
+    return tokens, last, target, other
+
+
+def task_loss(logits: torch.Tensor, last: torch.Tensor, target: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over {target, other} at each prompt's last position; chance is ln 2.
+    Causal attention makes right padding harmless: positions before `last` never see it."""
+    final = logits[torch.arange(len(last)), last]  # (N, vocab)
+    margin = final.gather(1, target[:, None]) - final.gather(1, other[:, None])
+    return torch.nn.functional.softplus(-margin).mean()

@@ -1,0 +1,111 @@
+"""The task suite: deterministic, balanced, disjoint splits, single-token contrasts, user tasks."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from sweep import tasks
+from sweep.errors import ConfigError
+from sweep.model import GPT, ModelShape
+
+ALL = [*tasks.PAPER_TASKS, tasks.CONTROL]
+
+
+def test_the_paper_has_twenty_tasks():
+    assert len(tasks.PAPER_TASKS) == 20 and "single_double_quote" in tasks.PAPER_TASKS
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_generation_is_deterministic_balanced_and_disjoint(name):
+    first = tasks.generate(name, 32, 32, seed=0, n_ctx=64)
+    again = tasks.generate(name, 32, 32, seed=0, n_ctx=64)
+    other = tasks.generate(name, 32, 32, seed=1, n_ctx=64)
+    assert first == again and first != other
+    assert len(first.train) == len(first.heldout) == 64
+    assert not {e.prompt for e in first.train} & {e.prompt for e in first.heldout}
+    for split in (first.train, first.heldout):
+        # balanced: every pair gives one example of each class, A's answer being B's contrast
+        for a, b in zip(split[::2], split[1::2]):
+            assert (a.target, a.other) == (b.other, b.target) and a.prompt != b.prompt
+    for e in first.train + first.heldout:
+        assert len(e.target.encode()) == 1 and len(e.other.encode()) == 1 and e.target != e.other
+        assert len(e.prompt.encode()) <= 64
+
+
+def test_control_labels_follow_no_rule():
+    """The control draws real pairs and swaps their labels exactly where the hash coin says, about half the time."""
+    flips = 0
+    for i in range(400):
+        rule_rng, control_rng = random.Random(i), random.Random(i)  # the same draws
+        a, ta, b, tb = tasks._draw(tasks.TASKS[rule_rng.choice(tasks.PAPER_TASKS)], rule_rng)
+        ca, cta, cb, ctb = tasks.control_pair(control_rng, seed=7)
+        assert (ca, cb) == (a, b)
+        flipped = tasks.flipped_by_hash(a, 7)
+        assert (cta, ctb) == ((tb, ta) if flipped else (ta, tb))
+        flips += flipped
+    assert 160 < flips < 240
+
+
+def test_unknown_task_and_short_context_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown task"):
+        tasks.check_task("no_such_task", 64)
+    with pytest.raises(ConfigError, match="bytes"):
+        tasks.check_task("class_init", 16)  # its prompts cannot fit in 16 bytes
+    tasks.check_task("else_elif", 64)
+
+
+def test_a_randomly_initialised_model_is_at_chance():
+    torch.manual_seed(0)
+    model = GPT(ModelShape(vocab_size=256, d_model=32, n_layer=2, d_head=16, d_mlp=128, n_ctx=64)).eval()
+    for name in ("else_elif", tasks.CONTROL):
+        tokens, last, target, other = tasks.encode(tasks.generate(name, 0, 64, seed=0, n_ctx=64).heldout)
+        with torch.no_grad():
+            loss = tasks.task_loss(model(tokens), last, target, other).item()
+        assert loss == pytest.approx(math.log(2), abs=0.05), name
+
+
+def test_task_loss_reads_the_last_real_position():
+    """Right padding: the loss uses each prompt's own last byte, and padding never changes it."""
+    torch.manual_seed(0)
+    model = GPT(ModelShape(vocab_size=256, d_model=32, n_layer=1, d_head=16, d_mlp=128, n_ctx=64)).eval()
+    examples = tasks.generate("bracket_brace", 8, 0, seed=0, n_ctx=64).train
+    tokens, last, target, other = tasks.encode(examples)
+    with torch.no_grad():
+        together = tasks.task_loss(model(tokens), last, target, other).item()
+        alone = []
+        for e in examples:
+            t, l, a, b = tasks.encode([e])
+            alone.append(tasks.task_loss(model(t), l, a, b).item())
+    assert together == pytest.approx(sum(alone) / len(alone), rel=1e-5)
+
+
+def test_yaml_task(tmp_path):
+    path = tmp_path / "quote_kind.yaml"
+    path.write_text(
+        "name: quote_kind\n"
+        "slots:\n  var: [a, b, c]\n  word: [one, two, three, four]\n"
+        "a: {template: \"{var} = '{word}\", target: \"'\"}\n"
+        "b: {template: '{var} = \"{word}', target: '\"'}\n")
+    try:
+        assert tasks.load_yaml_task(path) == "quote_kind"
+        split = tasks.generate("quote_kind", 4, 4, seed=0, n_ctx=64)
+        assert split.train[0].prompt.endswith(("one", "two", "three", "four"))
+        assert {e.target for e in split.train} == {"'", '"'}
+    finally:
+        tasks.TASKS.pop("quote_kind", None)
+
+
+@pytest.mark.parametrize("body,problem", [
+    ("a: {template: 'x = {v}', target: ':'}\nb: {template: 'y = {v}', target: ';'}\n", "slot {v}"),
+    ("slots: {v: [1]}\na: {template: '', target: ':'}\nb: {template: 'y', target: ';'}\n", "empty"),
+    ("slots: {v: [1]}\na: {template: 'x', target: ':'}\n", "needs a:"),
+    ("slots: {v: [1]}\na: {template: 'x', target: 'ab'}\nb: {template: 'y', target: ';'}\n", "single byte"),
+])
+def test_malformed_yaml_task(tmp_path, body, problem):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=problem.replace("{", r"\{").replace("}", r"\}")):
+        tasks.load_yaml_task(path)
+    assert "bad" not in tasks.TASKS
