@@ -1,4 +1,4 @@
-"""One sweep job: validate -> corpus -> model -> weight-sparse training -> MLflow."""
+"""One sweep job: validate -> corpus -> model -> weight-sparse training -> collapse instruments -> MLflow."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 from omegaconf import DictConfig
 
 from sweep import names
-from sweep.data import VOCAB_SIZE, load_corpus
+from sweep.collapse import collapse_metrics
+from sweep.data import VOCAB_SIZE, eval_windows, load_corpus
 from sweep.model import GPT, ModelShape
 from sweep.points import point_label
 from sweep.sparsity import WeightSparsifier
@@ -69,6 +70,8 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
                        cfg.train, cfg.seed, lambda step, m: run.log_metrics(m, step),
                        label=label, position=bar_position)
         total, nonzero = model.count_params()
+        held_out_inputs, _ = eval_windows(torch.from_numpy(corpus.val), cfg.model.n_ctx, cfg.train.eval_windows)
+        run.log_metrics(collapse_metrics(model, held_out_inputs.to(device), cfg.train.batch_size))
         run.log_metrics({
             names.CAPABILITY_VAL_LOSS: result.val_loss,
             names.CAPABILITY_BITS_PER_BYTE: result.val_loss / math.log(2),

@@ -49,6 +49,9 @@ MODEL_NONZERO_PARAMS = "model/nonzero_params"
 TIME_TRAIN = "time/train_s"
 TIME_PRUNE = "time/prune_s"
 PERF_TOKENS_PER_S = "perf/tokens_per_s"
+COLLAPSE_DEAD_BY_WEIGHT = "collapse/dead_by_weight_frac"
+COLLAPSE_DEAD_BY_ACTIVITY = "collapse/dead_by_activity_frac"
+COLLAPSE_DEAD_LAYERS = "collapse/dead_layer_count"
 
 # What the training stage logs; tests pin these.
 STEP_METRICS = (TRAIN_LOSS, VAL_LOSS, DENSITY_HIDDEN, NONZERO_PARAMS_STEP)
@@ -61,6 +64,9 @@ TRAINING_SUMMARY_METRICS = (
     MODEL_NONZERO_PARAMS,
     TIME_TRAIN,
     PERF_TOKENS_PER_S,
+    COLLAPSE_DEAD_BY_WEIGHT,
+    COLLAPSE_DEAD_BY_ACTIVITY,
+    COLLAPSE_DEAD_LAYERS,
 )
 
 # Artifacts
