@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sweep import tasks
+from sweep.circuit import circuit_edges, draw
 from sweep.model import GPT, ModelShape
 from sweep.prune import NodeMasks, node_means, node_sites, prune, smallest_k
 
@@ -94,3 +95,25 @@ def test_two_tasks_share_one_optimisation_with_their_own_rows():
                      node_means(model, text, 16), target_loss=0.15, steps=200, penalty=0.01, lr=0.1)
     assert circuits[0].solved and set(circuits[0].nodes) == set(PLANTED)
     assert not circuits[1].solved and circuits[1].nodes == []  # nothing predicts q over r
+
+
+def test_edges_of_the_planted_circuit_count_by_hand(tmp_path):
+    """fc_in: in[0]->hidden[0], in[0]->hidden[1]; fc_out: hidden[0]->out[1], hidden[1]->out[1];
+    embedding: every input byte into channel 0 (read by mlp.in[0]); unembedding: channel 1 (written
+    by mlp.out[1]) to 'x' and 'y'. Noise makes every weight nonzero, so: 4 + |input bytes| + 2."""
+    model = planted_model()
+    inputs = {ord(c) for c in "abcdefghijklmnop"}
+    edges = circuit_edges(model, PLANTED, inputs, {ord("x"), ord("y")})
+    assert len(edges) == 4 + len(inputs) + 2
+    inner = {(s, d) for s, d, _ in edges if s.startswith("layer")}
+    assert inner == {("layer.0.mlp.in[0]", "layer.0.mlp.hidden[0]"), ("layer.0.mlp.in[0]", "layer.0.mlp.hidden[1]"),
+                     ("layer.0.mlp.hidden[0]", "layer.0.mlp.out[1]"), ("layer.0.mlp.hidden[1]", "layer.0.mlp.out[1]")}
+    weights = {(s, d): w for s, d, w in edges}
+    assert weights[("layer.0.mlp.hidden[1]", "layer.0.mlp.out[1]")] == -1.0
+    assert ("resid.out[1]", f"unembed[{ord('y')}]") in weights and ("embed[97]", "resid.in[0]") in weights
+    with torch.no_grad():  # a zero weight is no edge
+        model.blocks[0].fc_in.weight[1, 0] = 0.0
+    assert len(circuit_edges(model, PLANTED, inputs, {ord("x"), ord("y")})) == 3 + len(inputs) + 2
+
+    draw(tmp_path / "planted.png", "planted", PLANTED, edges, n_layer=1)
+    assert (tmp_path / "planted.png").stat().st_size > 1000
