@@ -18,7 +18,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: help install sweep test test-slow ui clean
+.PHONY: help install sweep reprune test test-slow ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ install: $(INSTALLED) ## create .venv and install the locked dependencies
 
 sweep: $(INSTALLED) ## run the grid GRID (default quick) as a Hydra multirun; extra overrides in ARGS
 	$(BIN)/python -m sweep -m experiment=$(GRID) $(ARGS)
+
+reprune: $(INSTALLED) ## prune run RUN again with new settings, e.g. make reprune RUN=<id> PRUNE="prune.ablation=zero"
+	$(BIN)/python -m sweep.reprune $(RUN) $(PRUNE)
 
 test: $(INSTALLED) ## run the tests (a few minutes on 2 cores)
 	$(BIN)/python -m pytest -q $(ARGS)

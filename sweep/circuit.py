@@ -85,7 +85,8 @@ def draw(path: Path, title: str, nodes: list[str], edges: list[Edge], n_layer: i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted(set(nodes) | {e[0] for e in edges} | {e[1] for e in edges}, key=lambda n: (_column(n, n_layer), n))
+    names = sorted(set(nodes) | {e[0] for e in edges} | {e[1] for e in edges},
+                   key=lambda n: (_column(n, n_layer), int(n.rstrip("]").rpartition("[")[2])))
     rows: dict[float, int] = {}
     where = {}
     for name in names:

@@ -1,4 +1,4 @@
-"""One sweep job: validate -> corpus -> model -> weight-sparse training -> collapse instruments -> MLflow."""
+"""One sweep job: validate -> corpus -> model -> weight-sparse training -> collapse -> circuits -> MLflow."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sweep.collapse import collapse_metrics
 from sweep.data import VOCAB_SIZE, eval_windows, load_corpus
 from sweep.model import GPT, ModelShape
 from sweep.points import point_label
+from sweep.prune_stage import run_pruning
 from sweep.sparsity import WeightSparsifier
 from sweep.tracking import JobRun
 from sweep.train import train
@@ -82,6 +83,8 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
             names.TIME_TRAIN: result.train_s,
             names.PERF_TOKENS_PER_S: result.tokens_per_s,
         })
+        if cfg.prune.enabled:
+            run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = Path(tmp) / Path(names.ARTIFACT_CHECKPOINT).name
             torch.save(model.state_dict(), checkpoint)

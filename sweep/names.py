@@ -53,6 +53,25 @@ COLLAPSE_DEAD_BY_WEIGHT = "collapse/dead_by_weight_frac"
 COLLAPSE_DEAD_BY_ACTIVITY = "collapse/dead_by_activity_frac"
 COLLAPSE_DEAD_LAYERS = "collapse/dead_layer_count"
 
+# Circuit metrics: per task `circuit/<task>/<what>`, and aggregates over the solved tasks.
+CIRCUIT_PER_TASK = ("nodes", "edges", "loss", "full_loss", "solved", "necessity_loss", "beats_model")
+EDGES_GEOMEAN = "circuit/edges_geomean"
+NODES_GEOMEAN = "circuit/nodes_geomean"
+TASKS_SOLVED_FRAC = "circuit/tasks_solved_frac"
+CONTROL_EDGES = "circuit/control/edges"
+CONTROL_SOLVED = "circuit/control/solved"
+TAG_STAGE = "sweep.stage"  # train (with pruning) | prune (a re-prune of a stored checkpoint)
+TAG_TRAIN_RUN = "sweep.train_run_id"
+
+
+def circuit_metric(task: str, what: str) -> str:
+    return f"circuit/{task}/{what}"
+
+
+def circuit_artifact(task: str, suffix: str) -> str:
+    return f"circuits/{task}.{suffix}"
+
+
 # What the training stage logs; tests pin these.
 STEP_METRICS = (TRAIN_LOSS, VAL_LOSS, DENSITY_HIDDEN, NONZERO_PARAMS_STEP)
 TRAINING_SUMMARY_METRICS = (

@@ -139,6 +139,9 @@ class JobRun:
     def log_artifact(self, local_path: Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
 
+    def log_artifacts(self, local_dir: Path, artifact_dir: str) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_dir)
+
     def end(self, status: str) -> None:
         """Flush, tag the outcome (`finished` or `failed: <reason>`), and close the run."""
         self.flush()

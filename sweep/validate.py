@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import data, tracking
 from sweep.errors import ConfigError
+from sweep.prune_stage import check_prune_config
 from sweep.sparsity import check_feasible
 from sweep.train import LR_SCHEDULES
 
@@ -94,5 +95,13 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "data.tokenizer", data.TOKENIZERS)
     _number(cfg, "data.val_frac", 0.0, 1.0, low_open=True, high_open=True)
     data.check_source(cfg.data.source)
+    _integer(cfg, "tasks.n_train", 1)
+    _integer(cfg, "tasks.n_heldout", 1)
+    _integer(cfg, "prune.steps", 1)
+    _number(cfg, "prune.penalty", 0.0)
+    _number(cfg, "prune.lr", 0.0, low_open=True)
+    _integer(cfg, "prune.mean_windows", 1)
+    if cfg.prune.enabled:
+        check_prune_config(cfg)
     _integer(cfg, "tracking.flush_every", 1)
     tracking.check_tracking(cfg.tracking)

@@ -15,9 +15,10 @@ SMALL_CORPUS = Path(sysconfig.get_paths()["stdlib"]) / "email"  # ~40 real Pytho
 
 # A model and a run small enough for a test: seconds on one core.
 TINY = [
-    "model.base_width=16", "model.d_head=8", "model.n_ctx=16",
+    "model.base_width=16", "model.d_head=8", "model.n_ctx=64",
     "train.steps=30", "train.batch_size=4", "train.log_every=5", "train.eval_every=10",
     "train.eval_windows=8", "train.final_eval_windows=16",
+    "tasks.n_train=4", "tasks.n_heldout=4", "prune.steps=10", "prune.mean_windows=8",
     f"data.source={SMALL_CORPUS}", "data.val_frac=0.2",
 ]
 

@@ -20,6 +20,11 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["model=transformerxl"], "model", "Available options in 'model'"),
     (["sparsity.densty=0.1"], "sparsity.densty", "densty"),
     (["hydra.sweeper.params={model.width_mult: 1}"], "hydra.sweeper.params", "invalid config"),
+    (["tasks.names=[else_elif,no_such_task]"], "tasks.names", "unknown task"),
+    (["tasks.suite=huge"], "tasks.suite", "allowed: paper, quick"),
+    (["prune.target_loss=0"], "prune.target_loss", "> 0"),
+    (["prune.ablation=resample"], "prune.ablation", "allowed: mean, zero"),
+    (["model.n_ctx=16"], "tasks.names", "needed"),  # the quick tasks' prompts cannot fit
 ]
 
 
@@ -54,6 +59,18 @@ def test_cuda_requested_without_a_gpu(sweep):
     result = sweep.run("train.device=cuda")
     assert result.returncode == 2 and "train.device" in result.stderr and "no CUDA device" in result.stderr
     assert not sweep.db.exists()
+
+
+@pytest.mark.parametrize("body,problem", [
+    ("a: {template: 'x = {v}', target: ':'}\nb: {template: 'y = {v}', target: ';'}\n", "no values"),
+    ("slots: {v: [1]}\na: {template: 'x {v}', target: '::'}\nb: {template: 'y {v}', target: ';'}\n", "single byte"),
+])
+def test_malformed_yaml_task(sweep, tmp_path, body, problem):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "mine.yaml").write_text(body)
+    result = sweep.run(f"tasks.template_dir={tmp_path / 'templates'}", "tasks.names=[mine]")
+    assert result.returncode == 2 and "tasks.yaml" in result.stderr and problem in result.stderr
+    assert "Traceback" not in result.stderr and not sweep.db.exists()
 
 
 def test_empty_corpus_directory(sweep, tmp_path):

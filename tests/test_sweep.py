@@ -1,6 +1,7 @@
 """Real Hydra runs of `python -m sweep` against a real SQLite MLflow store."""
 
 import hashlib
+import json
 import signal
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from conftest import PROJECT_ROOT, Sweep
-from sweep import names
+from sweep import names, tasks
 from sweep.tracking import git_commit
 
 STEP_METRICS = set(names.STEP_METRICS)
@@ -47,6 +48,18 @@ def test_two_point_multirun_logs_two_children_under_one_parent(sweep, tmp_path):
         assert metrics[names.CAPABILITY_BIGRAM] < metrics[names.CAPABILITY_UNIGRAM]
         assert metrics[names.MODEL_NONZERO_PARAMS] <= metrics[names.MODEL_TOTAL_PARAMS]
 
+        for task in (*tasks.SUITES["quick"], "control"):
+            for what in names.CIRCUIT_PER_TASK:
+                assert names.circuit_metric(task, what) in metrics, (task, what)
+        for aggregate in (names.EDGES_GEOMEAN, names.NODES_GEOMEAN, names.TASKS_SOLVED_FRAC, names.TIME_PRUNE,
+                          names.CONTROL_EDGES, names.CONTROL_SOLVED):
+            assert aggregate in metrics, aggregate
+        circuit_files = {a.path for a in sweep.client.list_artifacts(job.info.run_id, "circuits")}
+        for task in (*tasks.SUITES["quick"], tasks.CONTROL):
+            assert {names.circuit_artifact(task, "json"), names.circuit_artifact(task, "png")} <= circuit_files
+        record = json.loads(open(sweep.client.download_artifacts(
+            job.info.run_id, names.circuit_artifact("else_elif", "json"), str(tmp_path))).read())
+        assert record["task"] == "else_elif" and record["full_loss"] == metrics[names.circuit_metric("else_elif", "full_loss")]
         artifacts = {a.path for a in sweep.client.list_artifacts(job.info.run_id)}
         assert names.ARTIFACT_CONFIG in artifacts and names.ARTIFACT_CHECKPOINT_DIR in artifacts
         path = sweep.client.download_artifacts(job.info.run_id, names.ARTIFACT_CHECKPOINT, str(tmp_path))

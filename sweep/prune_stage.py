@@ -1,0 +1,117 @@
+"""The pruning stage of a job: every task's circuit, its honesty checks, metrics and artifacts."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from sweep import names, tasks
+from sweep.circuit import circuit_edges, draw, parse_nodes, write_json
+from sweep.data import eval_windows
+from sweep.errors import ConfigError
+from sweep.model import GPT
+from sweep.prune import ABLATIONS, NodeMasks, node_means, node_sites, prune
+
+
+def task_names(tasks_cfg: DictConfig) -> list[str]:
+    """The tasks a job prunes: an explicit list or a suite (user YAML tasks are loaded first)."""
+    template_dir = Path(tasks_cfg.template_dir)
+    if template_dir.is_dir():
+        for path in sorted(template_dir.glob("*.yaml")):
+            tasks.load_yaml_task(path)
+    if tasks_cfg.names:
+        return list(tasks_cfg.names)
+    if tasks_cfg.suite not in tasks.SUITES:
+        raise ConfigError("tasks.suite", tasks_cfg.suite, f"allowed: {', '.join(tasks.SUITES)}")
+    return list(tasks.SUITES[tasks_cfg.suite])
+
+
+def check_prune_config(cfg: DictConfig) -> None:
+    """Config-time checks of the pruning stage: the tasks, the target, the ablation."""
+    if cfg.prune.ablation not in ABLATIONS:
+        raise ConfigError("prune.ablation", cfg.prune.ablation, f"allowed: {', '.join(ABLATIONS)}")
+    target = cfg.prune.target_loss
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
+        raise ConfigError("prune.target_loss", target, "must be a number > 0 (chance is ln 2 = 0.693)")
+    for name in task_names(cfg.tasks):
+        tasks.check_task(name, cfg.model.n_ctx, cfg.seed)
+
+
+@torch.no_grad()
+def _loss(model: GPT, batch, masks: NodeMasks | None = None) -> float:
+    tokens, last, target, other = batch
+    if masks is None:
+        return tasks.task_loss(model(tokens), last, target, other).item()
+    masks.rows = torch.zeros(len(last), dtype=torch.long)
+    model.node_hooks.append(masks)
+    try:
+        return tasks.task_loss(model(tokens), last, target, other).item()
+    finally:
+        model.node_hooks.remove(masks)
+
+
+def _ablate_only(model: GPT, nodes: list[str], means) -> NodeMasks:
+    """Masks that keep every node except the circuit's (the necessity check)."""
+    sites = node_sites(model)
+    masks = NodeMasks(sites, 1, means)
+    kept = parse_nodes(model, nodes)
+    masks.hard = {site: (~kept[site]).float()[None, :] for site in sites}
+    return masks
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(max(v, 1)) for v in values) / len(values)) if values else float("nan")
+
+
+def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metrics, log_artifacts) -> dict:
+    """Prune every task (and the control) in one optimisation; log metrics and circuit artifacts."""
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    p, n_ctx = cfg.prune, cfg.model.n_ctx
+    task_list = [*task_names(cfg.tasks), tasks.CONTROL]
+    sets = [tasks.generate(n, cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.seed, n_ctx) for n in task_list]
+    on_device = lambda batch: tuple(t.to(device) for t in batch)  # noqa: E731
+    train = [on_device(tasks.encode(s.train)) for s in sets]
+    heldout = [on_device(tasks.encode(s.heldout)) for s in sets]
+    text, _ = eval_windows(val_tokens, n_ctx, p.mean_windows)
+    means = node_means(model, text.to(device), cfg.train.batch_size) if p.ablation == "mean" else None
+    model.eval()
+    circuits = prune(model, train, heldout, means, p.target_loss, p.steps, p.penalty, p.lr)
+
+    metrics: dict[str, float] = {}
+    solved_edges, solved_nodes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for task_set, circuit, batch in zip(sets, circuits, heldout):
+            name, is_control = task_set.name, task_set.name == tasks.CONTROL
+            full_loss = _loss(model, batch)
+            examples = task_set.train + task_set.heldout
+            inputs = {b for e in examples for b in e.prompt.encode()}
+            answers = {e.target.encode()[0] for e in examples}
+            edges = circuit_edges(model, circuit.nodes, inputs, answers) if circuit.solved else []
+            necessity = _loss(model, batch, _ablate_only(model, circuit.nodes, means)) if circuit.solved else full_loss
+            model_reaches = full_loss <= p.target_loss
+            solved = circuit.solved and (model_reaches or is_control)
+            beats = circuit.solved and not model_reaches and not is_control
+            if solved and not is_control:
+                solved_edges.append(len(edges))
+                solved_nodes.append(len(circuit.nodes))
+            size = {"nodes": len(circuit.nodes), "edges": len(edges)} if circuit.solved else {"nodes": math.nan, "edges": math.nan}
+            values = {**size, "loss": circuit.loss, "full_loss": full_loss, "solved": float(solved),
+                      "necessity_loss": necessity, "beats_model": float(beats)}
+            metrics.update({names.circuit_metric("control" if is_control else name, k): v for k, v in values.items()})
+            write_json(Path(tmp) / f"{name}.json", {"task": name, **values, "target_loss": p.target_loss,
+                                                    "ablation": p.ablation, "nodes": circuit.nodes,
+                                                    "edges": [list(e) for e in edges]})
+            draw(Path(tmp) / f"{name}.png", name, circuit.nodes, edges, model.shape.n_layer)
+        attempted = len(task_list) - 1
+        metrics.update({names.EDGES_GEOMEAN: _geomean(solved_edges), names.NODES_GEOMEAN: _geomean(solved_nodes),
+                        names.TASKS_SOLVED_FRAC: len(solved_edges) / attempted,
+                        names.TIME_PRUNE: time.perf_counter() - start})
+        log_metrics(metrics)
+        log_artifacts(Path(tmp), "circuits")
+    return metrics
