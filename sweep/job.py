@@ -62,8 +62,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
     label = point_label(cfg, overrides)
 
     exit_on_sigterm()
-    run = JobRun(cfg, label, parent_run_id, {names.TAG_CORPUS_HASH: corpus.corpus_hash})
-    try:
+    with JobRun(cfg, label, parent_run_id, {names.TAG_CORPUS_HASH: corpus.corpus_hash}) as run:
         model = build_model(cfg).to(device)
         sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(),
                                       cfg.sparsity.density, cfg.model.width_mult, cfg.sparsity)
@@ -83,14 +82,10 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
             names.TIME_TRAIN: result.train_s,
             names.PERF_TOKENS_PER_S: result.tokens_per_s,
         })
-        if cfg.prune.enabled:
-            run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts)
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:  # before pruning: a failed pruning can be redone from it
             checkpoint = Path(tmp) / Path(names.ARTIFACT_CHECKPOINT).name
             torch.save(model.state_dict(), checkpoint)
             run.log_artifact(checkpoint, names.ARTIFACT_CHECKPOINT_DIR)
-    except BaseException as e:  # a crash or a kill: the run ends failed with its reason, never RUNNING
-        run.end(f"failed: {type(e).__name__}: {e}"[:500])
-        raise
-    run.end(names.STATUS_FINISHED)
+        if cfg.prune.enabled:
+            run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts)
     return JobOutcome(names.STATUS_FINISHED, run.run_id, result.val_loss)

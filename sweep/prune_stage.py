@@ -38,8 +38,8 @@ def check_prune_config(cfg: DictConfig) -> None:
     target = cfg.prune.target_loss
     if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
         raise ConfigError("prune.target_loss", target, "must be a number > 0 (chance is ln 2 = 0.693)")
-    for name in task_names(cfg.tasks):
-        tasks.check_task(name, cfg.model.n_ctx, cfg.seed)
+    for name in [*task_names(cfg.tasks), tasks.CONTROL]:
+        tasks.check_task(name, cfg.model.n_ctx, cfg.seed, cfg.tasks.n_train, cfg.tasks.n_heldout)
 
 
 @torch.no_grad()
@@ -68,6 +68,26 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(max(v, 1)) for v in values) / len(values)) if values else float("nan")
 
 
+def judge(model: GPT, task_set: tasks.TaskSet, circuit, batch, means, target_loss: float):
+    """A circuit's size and honesty checks (per-task metric values) and its edges."""
+    is_control = task_set.name == tasks.CONTROL
+    full_loss = _loss(model, batch)
+    if not circuit.solved:
+        nan = math.nan
+        return {"nodes": nan, "edges": nan, "loss": circuit.loss, "full_loss": full_loss, "solved": 0.0,
+                "necessity_loss": full_loss, "beats_model": 0.0}, []
+    examples = task_set.train + task_set.heldout
+    inputs = {b for e in examples for b in e.prompt.encode()}
+    answers = {e.target.encode()[0] for e in examples}
+    edges = circuit_edges(model, circuit.nodes, inputs, answers)
+    model_reaches = full_loss <= target_loss
+    return {"nodes": len(circuit.nodes), "edges": len(edges), "loss": circuit.loss, "full_loss": full_loss,
+            # the control has no rule for the model to follow: reaching the target at all is its "solved"
+            "solved": float(model_reaches or is_control),
+            "necessity_loss": _loss(model, batch, _ablate_only(model, circuit.nodes, means)),
+            "beats_model": float(not model_reaches and not is_control)}, edges
+
+
 def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metrics, log_artifacts) -> dict:
     """Prune every task (and the control) in one optimisation; log metrics and circuit artifacts."""
     start = time.perf_counter()
@@ -87,30 +107,19 @@ def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metri
     solved_edges, solved_nodes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for task_set, circuit, batch in zip(sets, circuits, heldout):
-            name, is_control = task_set.name, task_set.name == tasks.CONTROL
-            full_loss = _loss(model, batch)
-            examples = task_set.train + task_set.heldout
-            inputs = {b for e in examples for b in e.prompt.encode()}
-            answers = {e.target.encode()[0] for e in examples}
-            edges = circuit_edges(model, circuit.nodes, inputs, answers) if circuit.solved else []
-            necessity = _loss(model, batch, _ablate_only(model, circuit.nodes, means)) if circuit.solved else full_loss
-            model_reaches = full_loss <= p.target_loss
-            solved = circuit.solved and (model_reaches or is_control)
-            beats = circuit.solved and not model_reaches and not is_control
-            if solved and not is_control:
+            values, edges = judge(model, task_set, circuit, batch, means, p.target_loss)
+            is_control = task_set.name == tasks.CONTROL
+            if values["solved"] and not is_control:
                 solved_edges.append(len(edges))
                 solved_nodes.append(len(circuit.nodes))
-            size = {"nodes": len(circuit.nodes), "edges": len(edges)} if circuit.solved else {"nodes": math.nan, "edges": math.nan}
-            values = {**size, "loss": circuit.loss, "full_loss": full_loss, "solved": float(solved),
-                      "necessity_loss": necessity, "beats_model": float(beats)}
-            metrics.update({names.circuit_metric("control" if is_control else name, k): v for k, v in values.items()})
-            write_json(Path(tmp) / f"{name}.json", {"task": name, **values, "target_loss": p.target_loss,
-                                                    "ablation": p.ablation, "nodes": circuit.nodes,
-                                                    "edges": [list(e) for e in edges]})
-            draw(Path(tmp) / f"{name}.png", name, circuit.nodes, edges, model.shape.n_layer)
-        attempted = len(task_list) - 1
+            metrics.update({names.circuit_metric("control" if is_control else task_set.name, k): v
+                            for k, v in values.items()})
+            write_json(Path(tmp) / f"{task_set.name}.json",
+                       {"task": task_set.name, **values, "target_loss": p.target_loss, "ablation": p.ablation,
+                        "nodes": circuit.nodes, "edges": [list(e) for e in edges]})
+            draw(Path(tmp) / f"{task_set.name}.png", task_set.name, circuit.nodes, edges, model.shape.n_layer)
         metrics.update({names.EDGES_GEOMEAN: _geomean(solved_edges), names.NODES_GEOMEAN: _geomean(solved_nodes),
-                        names.TASKS_SOLVED_FRAC: len(solved_edges) / attempted,
+                        names.TASKS_SOLVED_FRAC: len(solved_edges) / (len(task_list) - 1),
                         names.TIME_PRUNE: time.perf_counter() - start})
         log_metrics(metrics)
         log_artifacts(Path(tmp), "circuits")

@@ -39,8 +39,8 @@ def load_training_run(client: MlflowClient, run_id: str, workdir: Path):
         config = client.download_artifacts(run_id, names.ARTIFACT_CONFIG, str(workdir))
         checkpoint = client.download_artifacts(run_id, names.ARTIFACT_CHECKPOINT, str(workdir))
     except (MlflowException, OSError):
-        raise ConfigError("run_id", run_id, f"run has no {names.ARTIFACT_CHECKPOINT} and {names.ARTIFACT_CONFIG} "
-                                            "(only finished training runs can be pruned again)") from None
+        raise ConfigError("run_id", run_id, f"has no checkpoint ({names.ARTIFACT_CHECKPOINT} and "
+                                            f"{names.ARTIFACT_CONFIG}): only finished training runs can be pruned again") from None
     return run, OmegaConf.load(config), checkpoint
 
 
@@ -64,15 +64,10 @@ def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_URI) 
 
     exit_on_sigterm()
     tags = {names.TAG_STAGE: "prune", names.TAG_TRAIN_RUN: run_id, names.TAG_CORPUS_HASH: corpus.corpus_hash}
-    run = JobRun(cfg, f"{point_label(cfg)} prune {' '.join(overrides)}".strip(),
-                 train_run.data.tags.get(names.TAG_PARENT), tags)
-    try:
+    label = f"{point_label(cfg)} prune {' '.join(overrides)}".strip()
+    with JobRun(cfg, label, train_run.data.tags.get(names.TAG_PARENT), tags) as run:
         run.log_metrics({k: v for k, v in train_run.data.metrics.items() if k.startswith(CARRIED_PREFIXES)})
         run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts)
-    except BaseException as e:
-        run.end(f"failed: {type(e).__name__}: {e}"[:500])
-        raise
-    run.end(names.STATUS_FINISHED)
     return run.run_id
 
 

@@ -240,11 +240,11 @@ def generate(name: str, n_train: int, n_heldout: int, seed: int, n_ctx: int) -> 
     return TaskSet(name, flat(examples[:n_train]), flat(examples[n_train:]))
 
 
-def check_task(name: str, n_ctx: int, seed: int = 0) -> None:
-    """Config-time check: the task exists, its contrasts are single tokens, its prompts can fit."""
+def check_task(name: str, n_ctx: int, seed: int = 0, n_train: int = 8, n_heldout: int = 8) -> None:
+    """Config-time check: the task exists, its contrasts are single tokens, enough prompts fit."""
     if name not in TASKS and name != CONTROL:
         raise ConfigError("tasks.names", name, f"unknown task; allowed: {', '.join(sorted([*TASKS, CONTROL]))}")
-    sample = generate(name, 8, 8, seed, n_ctx)  # raises if too few prompts fit in n_ctx
+    sample = generate(name, n_train, n_heldout, seed, n_ctx)  # raises if too few distinct prompts fit
     for example in sample.train + sample.heldout:
         for token in (example.target, example.other):
             if len(token.encode()) != 1:

@@ -142,6 +142,13 @@ class JobRun:
     def log_artifacts(self, local_dir: Path, artifact_dir: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_dir)
 
+    def __enter__(self) -> "JobRun":
+        return self
+
+    def __exit__(self, exc_type, exc, _tb) -> None:
+        """Close the run: finished, or failed with the reason on any exception (a crash or a kill)."""
+        self.end(names.STATUS_FINISHED if exc is None else f"failed: {exc_type.__name__}: {exc}"[:500])
+
     def end(self, status: str) -> None:
         """Flush, tag the outcome (`finished` or `failed: <reason>`), and close the run."""
         self.flush()

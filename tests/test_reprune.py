@@ -1,0 +1,69 @@
+"""Re-pruning a stored checkpoint: a new prune-stage run, or a clear error and an untouched store."""
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PROJECT_ROOT
+from sweep import names
+
+
+def reprune(sweep, *args):
+    cmd = [sys.executable, "-m", "sweep.reprune", *args, f"tracking.uri={sweep.uri}"]
+    return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import Sweep
+
+    sweep = Sweep(tmp_path_factory.mktemp("reprune"))
+    result = sweep.run("sparsity.density=0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = sweep.runs()
+    return sweep, run
+
+
+def test_reprune_logs_a_prune_stage_run_that_carries_the_training(trained):
+    sweep, train_run = trained
+    result = reprune(sweep, train_run.info.run_id, "prune.ablation=zero", "tasks.names=[else_elif]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (new,) = [r for r in sweep.runs() if r.data.tags.get(names.TAG_STAGE) == "prune"]
+    assert new.info.status == "FINISHED" and new.data.tags[names.TAG_STATUS] == names.STATUS_FINISHED
+    assert new.data.tags[names.TAG_TRAIN_RUN] == train_run.info.run_id
+    assert new.data.tags[names.TAG_KIND] == names.KIND_JOB
+    assert new.data.params["prune.ablation"] == "zero" and new.data.params["sparsity.density"] == "0.5"
+    assert new.data.tags[names.TAG_CONFIG_HASH] != train_run.data.tags[names.TAG_CONFIG_HASH]
+    for carried in (names.CAPABILITY_VAL_LOSS, names.MODEL_NONZERO_PARAMS, names.COLLAPSE_DEAD_BY_WEIGHT):
+        assert new.data.metrics[carried] == train_run.data.metrics[carried]
+    assert names.circuit_metric("else_elif", "full_loss") in new.data.metrics
+    assert names.circuit_metric("lambda_func", "full_loss") not in new.data.metrics
+    # the unpruned model's task loss does not depend on how pruning ablates
+    full = names.circuit_metric("else_elif", "full_loss")
+    assert new.data.metrics[full] == pytest.approx(train_run.data.metrics[full])
+    files = {a.path for a in sweep.client.list_artifacts(new.info.run_id, "circuits")}
+    assert names.circuit_artifact("else_elif", "json") in files
+
+
+@pytest.mark.parametrize("case", ["missing_run", "no_checkpoint", "model_override", "bad_ablation", "bad_target"])
+def test_reprune_bad_input(trained, case):
+    sweep, train_run = trained
+    run_id = train_run.info.run_id
+    if case == "no_checkpoint":
+        experiment = sweep.client.get_experiment_by_name("frontier").experiment_id
+        run_id = sweep.client.create_run(experiment, tags={names.TAG_KIND: "note"}).info.run_id
+    before = hashlib.sha256(sweep.db.read_bytes()).hexdigest()
+    runs_before = len(sweep.runs())
+    args = {"missing_run": ["0123456789abcdef"], "no_checkpoint": [run_id],
+            "model_override": [run_id, "model.width_mult=4"], "bad_ablation": [run_id, "prune.ablation=resample"],
+            "bad_target": [run_id, "prune.target_loss=-1"]}[case]
+    result = reprune(sweep, *args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    expected = {"missing_run": "no such run", "no_checkpoint": "has no checkpoint",
+                "model_override": "only prune.*", "bad_ablation": "prune.ablation", "bad_target": "prune.target_loss"}
+    assert expected[case] in result.stderr
+    assert hashlib.sha256(sweep.db.read_bytes()).hexdigest() == before
+    assert len(sweep.runs()) == runs_before
