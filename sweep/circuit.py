@@ -78,8 +78,13 @@ def _label(name: str) -> str:
     return f"{kind.split('.')[-1]}[{index}]"
 
 
+MAX_DRAWN_EDGES = 1500  # a dense model's circuit can have 10^5 edges: draw the strongest, say so
+
+
 def draw(path: Path, title: str, nodes: list[str], edges: list[Edge], n_layer: int) -> None:
     """A layered drawing: node locations in columns by layer, edges blue (+) or red (-)."""
+    total = len(edges)
+    edges = sorted(edges, key=lambda e: -abs(e[2]))[:MAX_DRAWN_EDGES]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,7 +114,8 @@ def draw(path: Path, title: str, nodes: list[str], edges: list[Edge], n_layer: i
               for i, loc in enumerate(NODE_LOCATIONS)]
     ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=6)
     ax.set_yticks([])
-    ax.set_title(f"{title}: {len(nodes)} nodes, {len(edges)} edges (blue +, red -)", fontsize=9)
+    shown = "" if total == len(edges) else f", the {len(edges)} strongest drawn"
+    ax.set_title(f"{title}: {len(nodes)} nodes, {total} edges{shown} (blue +, red -)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -39,7 +39,7 @@ def check_prune_config(cfg: DictConfig) -> None:
     if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
         raise ConfigError("prune.target_loss", target, "must be a number > 0 (chance is ln 2 = 0.693)")
     for name in [*task_names(cfg.tasks), tasks.CONTROL]:
-        tasks.check_task(name, cfg.model.n_ctx, cfg.seed, cfg.tasks.n_train, cfg.tasks.n_heldout)
+        tasks.check_task(name, cfg.model.n_ctx, cfg.seed, cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.tasks.preamble)
 
 
 @torch.no_grad()
@@ -94,7 +94,8 @@ def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metri
     device = next(model.parameters()).device
     p, n_ctx = cfg.prune, cfg.model.n_ctx
     task_list = [*task_names(cfg.tasks), tasks.CONTROL]
-    sets = [tasks.generate(n, cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.seed, n_ctx) for n in task_list]
+    sets = [tasks.generate(n, cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.seed, n_ctx, cfg.tasks.preamble)
+            for n in task_list]
     on_device = lambda batch: tuple(t.to(device) for t in batch)  # noqa: E731
     train = [on_device(tasks.encode(s.train)) for s in sets]
     heldout = [on_device(tasks.encode(s.heldout)) for s in sets]

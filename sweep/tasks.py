@@ -130,7 +130,7 @@ def var_swap(rng):
 
 @register_task("lambda_func")
 def lambda_func(rng):
-    f, v = rng.choice(["f", "g", "key", "fn"]), rng.choice("xyzn")
+    f, v = rng.choice(["f", "g", "key", "fn", *WORDS]), rng.choice("xyznab")
     return f"{f} = lambda {v}", ":", f"def {f}({v}", ")"
 
 
@@ -211,17 +211,17 @@ def control_pair(rng: random.Random, seed: int) -> Pair:
     return (a, tb, b, ta) if flipped_by_hash(a, seed) else (a, ta, b, tb)
 
 
-def _draw(generator: Generator, rng: random.Random) -> Pair:
-    head = preamble(rng)
+def _draw(generator: Generator, rng: random.Random, with_preamble: bool = True) -> Pair:
+    head = preamble(rng) if with_preamble else ""
     a, ta, b, tb = generator(rng)
     return head + a, ta, head + b, tb
 
 
-def generate(name: str, n_train: int, n_heldout: int, seed: int, n_ctx: int) -> TaskSet:
+def generate(name: str, n_train: int, n_heldout: int, seed: int, n_ctx: int, with_preamble: bool = True) -> TaskSet:
     """Seeded, balanced (every pair gives one example of each class), train and held-out disjoint,
-    every prompt at most n_ctx bytes."""
+    every prompt at most n_ctx bytes; `with_preamble` puts a random line before each pair."""
     rng = random.Random(f"{seed}:{name}")
-    draw = (lambda: control_pair(rng, seed)) if name == CONTROL else (lambda: _draw(TASKS[name], rng))
+    draw = (lambda: control_pair(rng, seed)) if name == CONTROL else (lambda: _draw(TASKS[name], rng, with_preamble))
     seen: set[str] = set()
     pairs: list[Pair] = []
     for _ in range(50 * (n_train + n_heldout)):
@@ -240,11 +240,12 @@ def generate(name: str, n_train: int, n_heldout: int, seed: int, n_ctx: int) -> 
     return TaskSet(name, flat(examples[:n_train]), flat(examples[n_train:]))
 
 
-def check_task(name: str, n_ctx: int, seed: int = 0, n_train: int = 8, n_heldout: int = 8) -> None:
+def check_task(name: str, n_ctx: int, seed: int = 0, n_train: int = 8, n_heldout: int = 8,
+               with_preamble: bool = True) -> None:
     """Config-time check: the task exists, its contrasts are single tokens, enough prompts fit."""
     if name not in TASKS and name != CONTROL:
         raise ConfigError("tasks.names", name, f"unknown task; allowed: {', '.join(sorted([*TASKS, CONTROL]))}")
-    sample = generate(name, n_train, n_heldout, seed, n_ctx)  # raises if too few distinct prompts fit
+    sample = generate(name, n_train, n_heldout, seed, n_ctx, with_preamble)  # raises if too few distinct prompts
     for example in sample.train + sample.heldout:
         for token in (example.target, example.other):
             if len(token.encode()) != 1:

@@ -95,6 +95,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "data.tokenizer", data.TOKENIZERS)
     _number(cfg, "data.val_frac", 0.0, 1.0, low_open=True, high_open=True)
     data.check_source(cfg.data.source)
+    if not isinstance(cfg.tasks.preamble, bool):
+        raise ConfigError("tasks.preamble", cfg.tasks.preamble, "allowed: true, false")
     _integer(cfg, "tasks.n_train", 1)
     _integer(cfg, "tasks.n_heldout", 1)
     _integer(cfg, "prune.steps", 1)
