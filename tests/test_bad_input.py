@@ -24,6 +24,7 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["tasks.suite=huge"], "tasks.suite", "allowed: paper, quick"),
     (["prune.target_loss=0"], "prune.target_loss", "> 0"),
     (["prune.ablation=resample"], "prune.ablation", "allowed: mean, zero"),
+    (["tasks.preamble=sometimes"], "tasks.preamble", "allowed: true, false"),
     (["model.n_ctx=16"], "tasks.names", "needed"),  # the quick tasks' prompts cannot fit
 ]
 

@@ -109,3 +109,10 @@ def test_malformed_yaml_task(tmp_path, body, problem):
     with pytest.raises(ConfigError, match=problem.replace("{", r"\{").replace("}", r"\}")):
         tasks.load_yaml_task(path)
     assert "bad" not in tasks.TASKS
+
+
+def test_without_preamble_prompts_start_at_the_template():
+    plain = tasks.generate("else_elif", 8, 8, seed=0, n_ctx=64, with_preamble=False)
+    assert all(e.prompt.startswith("if ") for e in plain.train + plain.heldout)
+    with_line = tasks.generate("else_elif", 32, 0, seed=0, n_ctx=64)
+    assert any(not e.prompt.startswith("if ") for e in with_line.train)  # some pairs get a preamble line
