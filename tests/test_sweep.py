@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,9 +58,11 @@ def test_two_point_multirun_logs_two_children_under_one_parent(sweep, tmp_path):
         circuit_files = {a.path for a in sweep.client.list_artifacts(job.info.run_id, "circuits")}
         for task in (*tasks.SUITES["quick"], tasks.CONTROL):
             assert {names.circuit_artifact(task, "json"), names.circuit_artifact(task, "png")} <= circuit_files
-        record = json.loads(open(sweep.client.download_artifacts(
-            job.info.run_id, names.circuit_artifact("else_elif", "json"), str(tmp_path))).read())
-        assert record["task"] == "else_elif" and record["full_loss"] == metrics[names.circuit_metric("else_elif", "full_loss")]
+        record_path = sweep.client.download_artifacts(job.info.run_id, names.circuit_artifact("else_elif", "json"),
+                                                      str(tmp_path))
+        record = json.loads(Path(record_path).read_text())
+        assert record["task"] == "else_elif"
+        assert record["full_loss"] == metrics[names.circuit_metric("else_elif", "full_loss")]
         artifacts = {a.path for a in sweep.client.list_artifacts(job.info.run_id)}
         assert names.ARTIFACT_CONFIG in artifacts and names.ARTIFACT_CHECKPOINT_DIR in artifacts
         path = sweep.client.download_artifacts(job.info.run_id, names.ARTIFACT_CHECKPOINT, str(tmp_path))
@@ -84,7 +87,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
         histories.append(metric_history(sweep.client, job.info.run_id))
         if name != "c":
             checkpoint = sweep.client.download_artifacts(job.info.run_id, names.ARTIFACT_CHECKPOINT, str(tmp_path / name))
-            histories[-1]["weights"] = hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()
+            histories[-1]["weights"] = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     a, b, c = histories
     for key in STEP_METRICS | {names.CAPABILITY_VAL_LOSS}:
         assert a[key] == b[key], key

@@ -76,8 +76,8 @@ def test_task_loss_reads_the_last_real_position():
         together = tasks.task_loss(model(tokens), last, target, other).item()
         alone = []
         for e in examples:
-            t, l, a, b = tasks.encode([e])
-            alone.append(tasks.task_loss(model(t), l, a, b).item())
+            tokens_1, last_1, target_1, other_1 = tasks.encode([e])
+            alone.append(tasks.task_loss(model(tokens_1), last_1, target_1, other_1).item())
     assert together == pytest.approx(sum(alone) / len(alone), rel=1e-5)
 
 
