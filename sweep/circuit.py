@@ -9,6 +9,7 @@ import torch
 
 from sweep.model import GPT
 from sweep.names import NODE_LOCATIONS, node_name
+from sweep.prune import node_sites
 
 # (source location, destination location, weight matrix of the block): the edges inside a block.
 EDGE_MATRICES = (("attn.in", "attn.q", "q"), ("attn.in", "attn.k", "k"), ("attn.in", "attn.v", "v"),
@@ -20,10 +21,7 @@ Edge = tuple[str, str, float]
 
 def parse_nodes(model: GPT, nodes: list[str]) -> dict[tuple[int, str], torch.Tensor]:
     """Node names (`layer.0.attn.q[5]`) -> a bool per channel of every (layer, location)."""
-    d_model = model.shape.d_model
-    width = {"mlp.hidden": model.shape.d_mlp, **{loc: d_model for loc in NODE_LOCATIONS if loc != "mlp.hidden"}}
-    kept = {(layer, loc): torch.zeros(width[loc], dtype=torch.bool)
-            for layer in range(model.shape.n_layer) for loc in NODE_LOCATIONS}
+    kept = {site: torch.zeros(width, dtype=torch.bool) for site, width in node_sites(model).items()}
     for name in nodes:
         site, channel = name.rstrip("]").split("[")
         _, layer, location = site.split(".", 2)

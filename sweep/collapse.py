@@ -41,13 +41,10 @@ def dead_by_activity(model: GPT, inputs: torch.Tensor, batch_size: int) -> list[
 
     was_training = model.training
     model.eval()
-    model.node_hooks.append(record)
-    try:
+    with model.hooked(record):
         for i in range(0, len(inputs), batch_size):
             model(inputs[i:i + batch_size])
-    finally:
-        model.node_hooks.remove(record)
-        model.train(was_training)
+    model.train(was_training)
     return [{loc: ~active for loc, active in layer.items()} for layer in ever]
 
 

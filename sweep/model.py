@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -107,6 +108,15 @@ class GPT(nn.Module):
         for hook in self.node_hooks:
             x = hook(layer, location, x)
         return x
+
+    @contextmanager
+    def hooked(self, hook: NodeHook):
+        """Attach a node hook for the duration of a `with` block."""
+        self.node_hooks.append(hook)
+        try:
+            yield
+        finally:
+            self.node_hooks.remove(hook)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, vocab)."""

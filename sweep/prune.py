@@ -9,6 +9,7 @@ import torch
 
 from sweep.model import GPT
 from sweep.names import node_name
+from sweep.tasks import task_losses
 
 ABLATIONS = ("mean", "zero")
 Site = tuple[int, str]  # (layer, location)
@@ -22,22 +23,9 @@ def node_sites(model: GPT) -> dict[Site, int]:
         widths[(layer, location)] = x.shape[-1]
         return x
 
-    with _hooked(model, measure), torch.no_grad():
+    with model.hooked(measure), torch.no_grad():
         model(torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device))
     return widths
-
-
-class _hooked:
-    """Attach a node hook for the duration of a `with` block."""
-
-    def __init__(self, model: GPT, hook):
-        self.model, self.hook = model, hook
-
-    def __enter__(self):
-        self.model.node_hooks.append(self.hook)
-
-    def __exit__(self, *exc):
-        self.model.node_hooks.remove(self.hook)
 
 
 @torch.no_grad()
@@ -51,7 +39,7 @@ def node_means(model: GPT, inputs: torch.Tensor, batch_size: int) -> dict[Site, 
         sums[key] = sums.get(key, 0) + x.flatten(0, -2).sum(dim=0)
         return x
 
-    with _hooked(model, record):
+    with model.hooked(record):
         for i in range(0, len(inputs), batch_size):
             chunk = inputs[i:i + batch_size]
             model(chunk)
@@ -149,9 +137,7 @@ def _per_row_loss(model: GPT, masks: NodeMasks, batch: Batch, rows: torch.Tensor
     """Mean task loss of each row, (rows,)."""
     tokens, last, target, other = batch
     masks.rows = rows
-    final = model(tokens)[torch.arange(len(last)), last]
-    margin = final.gather(1, target[:, None]).squeeze(1) - final.gather(1, other[:, None]).squeeze(1)
-    losses = torch.nn.functional.softplus(-margin)
+    losses = task_losses(model(tokens), last, target, other)
     return torch.zeros(n_rows).index_add(0, rows, losses) / torch.bincount(rows, minlength=n_rows)
 
 
@@ -164,7 +150,7 @@ def prune(model: GPT, train: list[Batch], heldout: list[Batch], means: dict[Site
     optimizer = torch.optim.Adam(list(masks.logits.values()), lr=lr)
     frozen = [p.requires_grad_(False) for p in model.parameters()]
     try:
-        with _hooked(model, masks):
+        with model.hooked(masks):
             for _ in range(steps):
                 loss = _per_row_loss(model, masks, train_batch, train_rows, n_rows).sum()
                 loss = loss + penalty * masks.soft_count().sum()

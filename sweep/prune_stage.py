@@ -15,7 +15,7 @@ from sweep.circuit import circuit_edges, draw, parse_nodes, write_json
 from sweep.data import eval_windows
 from sweep.errors import ConfigError
 from sweep.model import GPT
-from sweep.prune import ABLATIONS, NodeMasks, node_means, node_sites, prune
+from sweep.prune import ABLATIONS, NodeMasks, node_means, prune
 
 
 def task_names(tasks_cfg: DictConfig) -> list[str]:
@@ -48,19 +48,15 @@ def _loss(model: GPT, batch, masks: NodeMasks | None = None) -> float:
     if masks is None:
         return tasks.task_loss(model(tokens), last, target, other).item()
     masks.rows = torch.zeros(len(last), dtype=torch.long)
-    model.node_hooks.append(masks)
-    try:
+    with model.hooked(masks):
         return tasks.task_loss(model(tokens), last, target, other).item()
-    finally:
-        model.node_hooks.remove(masks)
 
 
 def _ablate_only(model: GPT, nodes: list[str], means) -> NodeMasks:
     """Masks that keep every node except the circuit's (the necessity check)."""
-    sites = node_sites(model)
-    masks = NodeMasks(sites, 1, means)
     kept = parse_nodes(model, nodes)
-    masks.hard = {site: (~kept[site]).float()[None, :] for site in sites}
+    masks = NodeMasks({site: len(k) for site, k in kept.items()}, 1, means)
+    masks.hard = {site: (~k).float()[None, :] for site, k in kept.items()}
     return masks
 
 

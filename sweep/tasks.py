@@ -297,9 +297,14 @@ def encode(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return tokens, last, target, other
 
 
-def task_loss(logits: torch.Tensor, last: torch.Tensor, target: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy over {target, other} at each prompt's last position; chance is ln 2.
+def task_losses(logits: torch.Tensor, last: torch.Tensor, target: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over {target, other} at each prompt's last position, (N,); chance is ln 2.
     Causal attention makes right padding harmless: positions before `last` never see it."""
     final = logits[torch.arange(len(last)), last]  # (N, vocab)
-    margin = final.gather(1, target[:, None]) - final.gather(1, other[:, None])
-    return torch.nn.functional.softplus(-margin).mean()
+    margin = final.gather(1, target[:, None]).squeeze(1) - final.gather(1, other[:, None]).squeeze(1)
+    return torch.nn.functional.softplus(-margin)
+
+
+def task_loss(logits: torch.Tensor, last: torch.Tensor, target: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """The mean task loss over the prompts."""
+    return task_losses(logits, last, target, other).mean()
