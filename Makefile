@@ -18,7 +18,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: help install sweep reprune test test-slow ui clean
+.PHONY: help install sweep search reprune test test-slow test-slurm ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,14 +28,25 @@ install: $(INSTALLED) ## create .venv and install the locked dependencies
 sweep: $(INSTALLED) ## run the grid GRID (default quick) as a Hydra multirun; extra overrides in ARGS
 	$(BIN)/python -m sweep -m experiment=$(GRID) $(ARGS)
 
-reprune: $(INSTALLED) ## prune run RUN again with new settings, e.g. make reprune RUN=<id> PRUNE="prune.ablation=zero"
-	$(BIN)/python -m sweep.reprune $(RUN) $(PRUNE)
+# hydra/sweeper=optuna as well: conf/config.yaml's own `override hydra/sweeper` wins over the experiment's.
+search: $(INSTALLED) ## run or resume the Optuna frontier search (study: optuna.db, Pareto set: frontier-pareto.csv); overrides in ARGS
+	$(BIN)/python -m sweep -m experiment=search hydra/sweeper=optuna $(ARGS)
+
+reprune: $(INSTALLED) ## prune again: RUN=<run id> or EXPERIMENT=<name> (all its runs), PRUNE="prune.ablation=zero"
+	$(BIN)/python -m sweep.reprune $(if $(EXPERIMENT),--experiment $(EXPERIMENT),$(RUN)) $(PRUNE)
 
 test: $(INSTALLED) ## run the tests (a few minutes on 2 cores)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-slow: $(INSTALLED) ## run the long checks marked slow
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+# A real one-node SLURM cluster on localhost, started and stopped by the tests (tests/slurm_cluster.py).
+test-slurm: $(INSTALLED) ## run the SLURM launcher tests on a local one-node cluster (apt-installs slurm-wlm, munge if missing)
+	@command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null || { \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null; }
+	$(BIN)/python -m pytest -q -m slurm $(ARGS)
 
 ui: $(INSTALLED) ## serve the MLflow UI on 127.0.0.1 (PORT=5000), one worker
 	$(BIN)/mlflow server --backend-store-uri $(STORE) --artifacts-destination $(CURDIR)/mlartifacts \

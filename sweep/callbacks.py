@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweep import names, tracking
+from sweep import launchers, lifecycle, names, search, tracking
 from sweep.data import load_corpus
-from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started
-from sweep.points import describe_point
-from sweep.validate import validate
+from sweep.errors import EXIT_BAD_INPUT, mark_work_started
+from sweep.sweepers import (INVALID, RUN, SKIP, PlannedPoint, expand_grid, grids_of, mark_repeats, plan_points,
+                            write_plan)
 
 
-def sweep_points(config: DictConfig) -> list[tuple[str, DictConfig]]:
-    """Every job of the multirun as (overrides, composed config), expanded as the basic sweeper does."""
+def sweep_points(config: DictConfig) -> list[tuple[list[str] | str, DictConfig]]:
+    """Every job of the multirun as (overrides, composed config), expanded as the grid sweeper does."""
     loader = GlobalHydra.instance().config_loader()
-    arguments = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    arguments += list(config.hydra.overrides.task)
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-    points = [overrides for batch in BasicSweeper.split_arguments(parsed, None) for overrides in batch]
-    return [(describe_point(o), loader.load_sweep_config(config, list(o))) for o in points]
+    if search.is_search(config):  # the Optuna search samples its points: it checks its study and shared config
+        return search.sweep_points(config, loader)
+    points = expand_grid(loader, grids_of(config), list(config.hydra.overrides.task))
+    return [(overrides, loader.load_sweep_config(config, overrides)) for overrides in points]
 
 
 def parent_run_name(config: DictConfig) -> str:
@@ -55,32 +53,78 @@ def format_summary(results: list[dict], expected: int) -> tuple[str, bool]:
     return "\n".join(lines), counts.get("failed", 0) + missing > 0
 
 
+def _outcome(entry: PlannedPoint) -> dict:
+    """A point that was not launched, as the summary lists it."""
+    status = f"invalid: {entry.reason}" if entry.action == INVALID else f"{names.STATUS_SKIPPED}: duplicate of {entry.duplicate_of}"
+    return {"point": entry.point, "status": status, "run_id": None, "val_loss": None}
+
+
 class SweepCallback(Callback):
-    """Runs in the launching process, around all jobs of one `-m` invocation."""
+    """Runs in the launching process, around all jobs of one `-m` invocation: plans every point
+    (invalid / already finished / duplicate / run), creates the store and the parent run, closes runs
+    orphaned by an earlier kill, stops the jobs cleanly on SIGTERM or SIGINT, and summarises."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        launchers.check_launcher(config)  # hydra/launcher=slurm: SLURM must answer, before anything is logged
         points = sweep_points(config)
-        invalid = {}
-        for overrides, job_cfg in points:
-            try:
-                validate(job_cfg)
-            except ConfigError as e:
-                invalid[overrides] = e
-                print(f"skipping invalid point [{overrides}]: {e}", file=sys.stderr)
-        if len(invalid) == len(points):
+        self.plan = plan_points(points)
+        for entry in self.plan:
+            if entry.action == INVALID:
+                print(f"skipping invalid point [{entry.point}]: {entry.reason}", file=sys.stderr)
+        if all(entry.action == INVALID for entry in self.plan):
             print("error: no valid point in this sweep; nothing was run or logged", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
         mark_work_started()
-        self.expected = len(points)
-        valid_cfg = next(cfg for overrides, cfg in points if overrides not in invalid)
+        self.config = config
+        valid_cfg = next(cfg for (_, cfg), entry in zip(points, self.plan) if entry.action != INVALID)
         # Build the corpus cache and the SQLite store here, once, before parallel jobs race for them.
         load_corpus(valid_cfg.data, Path(valid_cfg.data.cache_dir))
+        for run_id in tracking.close_orphaned_runs(config.tracking):
+            print(f"marked run {run_id} FAILED: its process was killed in an earlier sweep", file=sys.stderr)
+        if not search.is_search(config):
+            mark_repeats(self.plan, tracking.finished_points(config.tracking))
+            write_plan(Path(config.hydra.sweep.dir), self.plan)
+            skipped = sum(entry.action == SKIP for entry in self.plan)
+            if skipped:
+                print(f"skipping {skipped} of {len(self.plan)} points: each repeats a finished run or an earlier point of this grid")
         self.parent_run_id = tracking.start_parent_run(config.tracking, run_name=parent_run_name(config))
         os.environ[names.ENV_PARENT_RUN_ID] = self.parent_run_id
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+
+    def _stop(self, signum, _frame) -> None:
+        """SIGTERM / SIGINT in the launching process: stop the jobs (each closes its run as failed),
+        close the parent run as failed with what finished, and exit; rerunning resumes. The SystemExit
+        also closes the run of a job that runs in this process (joblib with one job, the basic launcher)."""
+        signal.signal(signum, signal.SIG_IGN)  # once is enough
+        print(f"\nsweep: signal {signum}: stopping the jobs...", file=sys.stderr, flush=True)
+        lifecycle.terminate_descendants()
+        summary, _ = self._summary()
+        tracking.end_parent_run(self.config.tracking, self.parent_run_id, True, f"killed by signal {signum}\n{summary}")
+        print(f"{summary}\nsweep killed; run the same command again to run only the missing points", flush=True)
+        raise SystemExit(128 + signum)
+
+    def _launched_results(self) -> list[dict]:
+        """The outcomes the jobs of this sweep wrote (not those an earlier sweep left in the folder)."""
+        results = (json.loads(p.read_text()) for p in Path(self.config.hydra.sweep.dir).glob(f"*/{names.RESULT_FILE}"))
+        return [r for r in results if r.get("parent_run_id") == self.parent_run_id]
+
+    def _summary(self) -> tuple[str, bool]:
+        not_launched = [_outcome(entry) for entry in self.plan if entry.action != RUN]
+        return format_summary(self._launched_results() + not_launched, len(self.plan))
+
+    def _record_skipped(self) -> None:
+        """One child run per skipped point, tagged `skipped: duplicate of <run_id>`."""
+        run_of_point = {r["point"]: r["run_id"] for r in self._launched_results() if r.get("run_id")}
+        for entry in self.plan:
+            if entry.action == SKIP:
+                entry.duplicate_of = run_of_point.get(entry.duplicate_of, entry.duplicate_of)
+                tracking.log_skipped_run(self.config.tracking, self.parent_run_id, entry.point,
+                                         entry.config_hash, entry.duplicate_of)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        results = [json.loads(p.read_text()) for p in Path(config.hydra.sweep.dir).glob(f"*/{names.RESULT_FILE}")]
-        summary, failed = format_summary(results, self.expected)
+        self._record_skipped()
+        summary, failed = self._summary()
         tracking.end_parent_run(config.tracking, self.parent_run_id, failed, summary)
         _, experiment_id = tracking.ensure_experiment(config.tracking)
         print(f"\n{summary}\n\nsweep: {config.hydra.sweep.dir}\nparent run: {self.parent_run_id}\n"

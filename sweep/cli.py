@@ -42,7 +42,8 @@ def hydra_job(cfg: DictConfig) -> dict:
         if not multirun:
             raise
         outcome = JobOutcome(f"failed: {type(e).__name__}: {e}")
-    result = {"point": describe_point(hc.overrides.task), **outcome.as_dict()}
+    result = {"point": describe_point(hc.overrides.task), **outcome.as_dict(),
+              "parent_run_id": os.environ.get(names.ENV_PARENT_RUN_ID)}
     (Path(hc.runtime.output_dir) / names.RESULT_FILE).write_text(json.dumps(result))
     return result
 

@@ -29,7 +29,8 @@ from sweep.validate import validate
 class JobOutcome:
     status: str  # finished | failed: <reason> | invalid: <reason>
     run_id: str | None = None
-    val_loss: float | None = None
+    val_loss: float | None = None  # capability/val_loss
+    edges_geomean: float | None = None  # circuit/edges_geomean (NaN: no task solved; None: not pruned)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,8 +48,9 @@ def build_model(cfg: DictConfig) -> GPT:
 
 
 def exit_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit so a killed job still closes its run as failed."""
-    if threading.current_thread() is threading.main_thread():
+    """Turn SIGTERM into SystemExit so a killed job still closes its run as failed. A job that runs
+    inside the sweep's own process keeps the sweep's handler, which raises SystemExit too."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(f"killed by signal {signum}"))
 
 
@@ -86,6 +88,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
             checkpoint = Path(tmp) / Path(names.ARTIFACT_CHECKPOINT).name
             torch.save(model.state_dict(), checkpoint)
             run.log_artifact(checkpoint, names.ARTIFACT_CHECKPOINT_DIR)
+        circuits = {}
         if cfg.prune.enabled:
-            run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts)
-    return JobOutcome(names.STATUS_FINISHED, run.run_id, result.val_loss)
+            circuits = run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts)
+    return JobOutcome(names.STATUS_FINISHED, run.run_id, result.val_loss, circuits.get(names.EDGES_GEOMEAN))

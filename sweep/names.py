@@ -30,8 +30,10 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 KIND_PARENT = "parent"
 KIND_JOB = "job"
+TAG_PROCESS = "sweep.process"  # host:pid:start of the process that opened the run (finds orphaned runs)
 STATUS_RUNNING = "running"
 STATUS_FINISHED = "finished"
+STATUS_SKIPPED = "skipped"  # `skipped: duplicate of <run_id>`: the point already has a finished run
 
 # Per-step metrics
 TRAIN_LOSS = "train/loss"

@@ -1,19 +1,23 @@
-"""`python -m sweep.reprune RUN_ID [prune.*=... tasks.*=...]`: prune a stored checkpoint again.
+"""`python -m sweep.reprune RUN_ID|--experiment NAME [prune.*=... tasks.*=...]`: prune stored checkpoints again.
 
-The result is a new child run (same parent) tagged `sweep.stage=prune` and `sweep.train_run_id`,
-carrying the training run's params and capability metrics, so the analysis treats it as a job.
+Each result is a new child run tagged `sweep.stage=prune` and `sweep.train_run_id`, carrying the
+training run's params and capability metrics, so the analysis treats it as a job. With
+`--experiment`, every finished training run of the experiment is re-pruned under one new parent
+run; a run whose new config hash already has a finished run is skipped, so a re-prune resumes.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
 from sweep import names
 from sweep.data import load_corpus
@@ -21,7 +25,7 @@ from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.job import build_model, exit_on_sigterm, resolve_device
 from sweep.points import point_label
 from sweep.prune_stage import run_pruning
-from sweep.tracking import JobRun
+from sweep.tracking import JobRun, config_hash, end_parent_run, sqlite_path, start_parent_run
 from sweep.validate import validate
 
 CHANGEABLE = ("prune.", "tasks.", "tracking.")
@@ -44,17 +48,36 @@ def load_training_run(client: MlflowClient, run_id: str, workdir: Path):
     return run, OmegaConf.load(config), checkpoint
 
 
-def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_URI) -> str:
-    """Prune the checkpoint of `run_id` with changed prune / task settings; return the new run's id."""
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client on an existing store: a missing SQLite file is an error, not a new empty store."""
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        raise ConfigError("tracking.uri", tracking_uri, "no MLflow store there; run a sweep first or pass tracking.uri=")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def check_overrides(overrides: list[str]) -> None:
     for override in overrides:
         if not override.startswith(CHANGEABLE) or "=" not in override:
             raise ConfigError("override", override, "a re-prune changes only prune.*, tasks.* or tracking.* (key=value)")
-    client = MlflowClient(tracking_uri=tracking_uri)
+
+
+def repruned_config(cfg, overrides: list[str], tracking_uri: str):
+    """The training run's config with the new prune / task settings, validated."""
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"tracking.uri={tracking_uri}", *overrides]))
+    cfg.prune.enabled = True
+    validate(cfg)
+    return cfg
+
+
+def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_URI, parent_run_id: str | None = None) -> str:
+    """Prune the checkpoint of `run_id` with changed prune / task settings; return the new run's id.
+    The new run joins `parent_run_id`, or the training run's own parent."""
+    check_overrides(overrides)
+    client = open_store(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         train_run, cfg, checkpoint = load_training_run(client, run_id, Path(tmp))
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"tracking.uri={tracking_uri}", *overrides]))
-        cfg.prune.enabled = True
-        validate(cfg)
+        cfg = repruned_config(cfg, overrides, tracking_uri)
         torch.set_num_threads(cfg.train.threads)
         device = resolve_device(cfg.train.device)
         model = build_model(cfg)
@@ -65,24 +88,69 @@ def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_URI) 
     exit_on_sigterm()
     tags = {names.TAG_STAGE: "prune", names.TAG_TRAIN_RUN: run_id, names.TAG_CORPUS_HASH: corpus.corpus_hash}
     label = f"{point_label(cfg)} prune {' '.join(overrides)}".strip()
-    with JobRun(cfg, label, train_run.data.tags.get(names.TAG_PARENT), tags) as run:
+    with JobRun(cfg, label, parent_run_id or train_run.data.tags.get(names.TAG_PARENT), tags) as run:
         run.log_metrics({k: v for k, v in train_run.data.metrics.items() if k.startswith(CARRIED_PREFIXES)})
         run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts)
     return run.run_id
 
 
+def reprune_experiment(experiment: str, overrides: list[str], tracking_uri: str = DEFAULT_URI) -> list[str]:
+    """Re-prune every finished training run of `experiment`; returns the new runs' ids."""
+    check_overrides(overrides)
+    client = open_store(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        existing = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise ConfigError("EXPERIMENT", experiment, f"no such experiment in {tracking_uri}; existing: {existing}")
+    tracking_cfg = OmegaConf.create({"uri": tracking_uri, "experiment": experiment})
+    trained = [r for r in client.search_runs([found.experiment_id], f"tags.`{names.TAG_KIND}` = '{names.KIND_JOB}' and "
+                                             f"tags.`{names.TAG_STATUS}` = '{names.STATUS_FINISHED}'", max_results=50000)
+               if r.data.tags.get(names.TAG_STAGE) != "prune"]
+    if not trained:
+        raise ConfigError("EXPERIMENT", experiment, "has no finished training run to prune again")
+    done = {r.data.tags.get(names.TAG_CONFIG_HASH) for r in client.search_runs(
+        [found.experiment_id], f"tags.`{names.TAG_STATUS}` = '{names.STATUS_FINISHED}'", max_results=50000)}
+    todo = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in trained:  # every new config is checked before anything is logged
+            _, cfg, _ = load_training_run(client, run.info.run_id, Path(tmp))
+            if config_hash(repruned_config(cfg, overrides, tracking_uri)) not in done:
+                todo.append(run)
+    print(f"re-pruning {len(todo)} of {len(trained)} training runs of '{experiment}' "
+          f"({len(trained) - len(todo)} already have a finished run with these settings)")
+    if not todo:
+        return []
+    parent = start_parent_run(tracking_cfg, run_name=f"reprune {' '.join(overrides)} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    new_runs, failed = [], False
+    try:
+        for run in tqdm(todo, desc="re-prune", unit="run"):
+            new_runs.append(reprune(run.info.run_id, overrides, tracking_uri, parent))
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        end_parent_run(tracking_cfg, parent, failed, f"re-pruned {len(new_runs)} of {len(todo)} runs: {' '.join(overrides)}")
+    return new_runs
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if not args or "=" in args[0]:
+    experiment = args[1] if len(args) > 1 and args[0] == "--experiment" else None
+    rest = args[2:] if experiment else args[1:]
+    if not args or "=" in args[0] or (args[0] == "--experiment" and experiment is None):
         print(__doc__.strip().splitlines()[0], file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    uri = next((a.split("=", 1)[1] for a in args[1:] if a.startswith("tracking.uri=")), DEFAULT_URI)
+    uri = next((a.split("=", 1)[1] for a in rest if a.startswith("tracking.uri=")), DEFAULT_URI)
+    overrides = [a for a in rest if not a.startswith("tracking.uri=")]
     try:
-        new_run = reprune(args[0], [a for a in args[1:] if not a.startswith("tracking.uri=")], uri)
+        if experiment:
+            new_runs = reprune_experiment(experiment, overrides, uri)
+            print(f"re-pruned {len(new_runs)} runs of '{experiment}'")
+        else:
+            print(f"re-pruned {args[0]} as run {reprune(args[0], overrides, uri)}")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    print(f"re-pruned {args[0]} as run {new_run}")
 
 
 if __name__ == "__main__":

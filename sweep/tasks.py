@@ -51,21 +51,30 @@ def preamble(rng: random.Random) -> str:
     ])
 
 
+def _line(rng: random.Random, *avoid: str) -> str:
+    """A short assignment line before a prompt: variety that carries no cue."""
+    return f"{_name(rng, *avoid)} = {rng.randint(0, 9)}\n"
+
+
+# Templates are as short as the task allows, with one cue each, so that CPU-scale byte models
+# can learn them (tasks.md); the README has the full-model losses that chose the quick suite.
+
+
 @register_task("single_double_quote")
 def single_double_quote(rng):
-    v, w = _name(rng), " ".join(rng.sample(WORDS, rng.randint(1, 2)))
+    v, w = _name(rng), rng.choice(WORDS)
     return f"{v} = '{w}", "'", f'{v} = "{w}', '"'
 
 
 @register_task("bracket_counting")
 def bracket_counting(rng):
-    v, nums = _name(rng), ", ".join(str(rng.randint(0, 99)) for _ in range(rng.randint(1, 3)))
-    return f"{v} = [[{nums}]", "]", f"{v} = [{nums}]", "\n"
+    v, n = _name(rng), rng.randint(0, 99)
+    return f"{v} = [[{n}]", "]", f"{v} = [{n}]", "\n"
 
 
 def _set_or_string(rng, v: str) -> Pair:
-    loop = f"for {_name(rng, v)} in items:\n    "
-    return f"{v} = set()\n{loop}{v}", ".", f'{v} = ""\n{loop}{v}', " "
+    head = _line(rng, v)
+    return f"{head}{v} = set()\n{v}", ".", f'{head}{v} = ""\n{v}', " "
 
 
 @register_task("set_or_string")
@@ -80,9 +89,8 @@ def set_or_string_fixedvarname(rng):
 
 @register_task("while_return_true")
 def while_return_true(rng):
-    ind, v = rng.choice(INDENTS), _name(rng)
-    head = f"def {rng.choice(WORDS)}():\n{ind}{v} = {rng.randint(0, 9)}\n"
-    return f"{head}{ind}while True", ":", f"{head}{ind}return True", "\n"
+    head = _line(rng)
+    return f"{head}while True", ":", f"{head}return True", "\n"
 
 
 @register_task("else_elif")
@@ -94,32 +102,32 @@ def else_elif(rng):
 
 @register_task("with_as")
 def with_as(rng):
-    p = rng.choice(["p", "path", "fname", "src"])
-    return f"with open({p})", " ", f"f = open({p})", "\n"
+    head, p = _line(rng), rng.choice(["p", "path", "fname", "src"])
+    return f"{head}with open({p})", " ", f"{head}f = open({p})", "\n"
 
 
 @register_task("for_while")
 def for_while(rng):
-    v = _name(rng)
-    return f"for {v} ", "i", f"while {v} ", "<"
+    head, v = _line(rng), rng.choice("ijkn")
+    return f"{head}for {v} ", "i", f"{head}while {v} ", "<"
 
 
 @register_task("if_ternary")
 def if_ternary(rng):
-    v, u = _name(rng), _name(rng)
-    return f"{u} = a if {v} > 0", " ", f"if {v} > 0", ":"
+    head, v = _line(rng), _name(rng)
+    return f"{head}y = 1 if {v}", " ", f"{head}if {v}", ":"
 
 
 @register_task("fstring_brace")
 def fstring_brace(rng):
-    v, w = _name(rng), rng.choice(WORDS)
-    return f'msg = f"{w}: {{{v}', "}", f"d = {{{v}", ":"
+    u, v = _name(rng), rng.choice("abcdefghpqrstuvwxyz")
+    return f'{u} = f"{{{v}', "}", f"{u} = {{{v}", ":"
 
 
 @register_task("bracket_brace")
 def bracket_brace(rng):
-    v, items = _name(rng), ", ".join(rng.sample("abcdefgh", rng.randint(2, 4)))
-    return f"{v} = [{items}", "]", f"{v} = {{{items}", "}"
+    v, item = _name(rng), rng.choice("abcdefghpqrstuvwxyz")
+    return f"{v} = [{item}", "]", f"{v} = {{{item}", "}"
 
 
 @register_task("var_swap")
@@ -136,40 +144,41 @@ def lambda_func(rng):
 
 @register_task("enumerate_range")
 def enumerate_range(rng):
-    i, v = rng.sample("ijkn", 1)[0], rng.choice(["x", "item", "row", "val"])
-    return f"for {i}, {v} in ", "e", f"for {i} in ", "r"
+    head, i, v = _line(rng), rng.choice("ijkn"), rng.choice(["x", "item", "row", "val"])
+    return f"{head}for {i}, {v} in ", "e", f"{head}for {i} in ", "r"
 
 
 @register_task("class_init")
 def class_init(rng):
-    cls = rng.choice(WORDS).capitalize()
-    return f"class {cls}:\n    def __init__(", "s", f"class {cls}:\n    @classmethod\n    def create(", "c"
+    head = f"class {rng.choice(WORDS).capitalize()}:\n    @"
+    method = rng.choice([*WORDS, *NAMES])
+    return f"{head}property\n    def {method}(", "s", f"{head}classmethod\n    def {method}(", "c"
 
 
 @register_task("with_open")
 def with_open(rng):
-    p = rng.choice(["p", "path", "fname", "out"])
-    return f'with open({p}, "w") as f:\n    f.', "w", f'with open({p}, "r") as f:\n    f.', "r"
+    p, h = _name(rng), rng.choice(["f", "fh", "fp", "fd", "out", "src", "log", "dst"])
+    return f'{h} = open({p}, "w")\n{h}.', "w", f'{h} = open({p}, "r")\n{h}.', "r"
 
 
 @register_task("if_equals")
 def if_equals(rng):
-    v = _name(rng)
-    return f"if {v} =", "=", f"{v} =", " "
+    head, v = _line(rng), _name(rng)
+    return f"{head}if {v} =", "=", f"{head}{v} =", " "
 
 
 @register_task("var_if")
 def var_if(rng):
     a = _name(rng)
     b = rng.choice([n for n in NAMES if n[0] != a[0]])
-    value = rng.randint(0, 9)
+    value = rng.randint(0, 99)
     return f"{a} = {value}\nif ", a[0], f"{b} = {value}\nif ", b[0]
 
 
 @register_task("indent_for")
 def indent_for(rng):
-    v = rng.choice(["xs", "items", "rows", "data"])
-    return f"def f({v}):\n    for x in {v}:\n", " ", f"def f({v}):\n    return {v}\n", "\n"
+    head, v = _line(rng), rng.choice(["xs", "items", "rows", "data"])
+    return f"{head}for x in {v}:\n", " ", f"{head}x = len({v})\n", "\n"
 
 
 @register_task("final_kwarg")
@@ -180,8 +189,8 @@ def final_kwarg(rng):
 
 
 PAPER_TASKS = tuple(TASKS)  # the twenty, in the paper's order
-# `quick`: the tasks the dense width-2 model of the quick grid solves at the 0.15 target (README).
-SUITES = {"paper": PAPER_TASKS, "quick": ("else_elif",)}
+# `quick`: the tasks the dense width-2 model of the quick grid solves at the quick target, 0.3 (README).
+SUITES = {"paper": PAPER_TASKS, "quick": ("else_elif", "lambda_func", "single_double_quote")}
 
 
 @dataclass(frozen=True)
@@ -205,9 +214,9 @@ def flipped_by_hash(prompt: str, seed: int) -> bool:
     return hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[0] % 2 == 1
 
 
-def control_pair(rng: random.Random, seed: int) -> Pair:
+def control_pair(rng: random.Random, seed: int, with_preamble: bool = True) -> Pair:
     """A pair from a random real task, its labels swapped or kept by the hash coin: no rule."""
-    a, ta, b, tb = _draw(TASKS[rng.choice(PAPER_TASKS)], rng)
+    a, ta, b, tb = _draw(TASKS[rng.choice(PAPER_TASKS)], rng, with_preamble)
     return (a, tb, b, ta) if flipped_by_hash(a, seed) else (a, ta, b, tb)
 
 
@@ -221,7 +230,7 @@ def generate(name: str, n_train: int, n_heldout: int, seed: int, n_ctx: int, wit
     """Seeded, balanced (every pair gives one example of each class), train and held-out disjoint,
     every prompt at most n_ctx bytes; `with_preamble` puts a random line before each pair."""
     rng = random.Random(f"{seed}:{name}")
-    draw = (lambda: control_pair(rng, seed)) if name == CONTROL else (lambda: _draw(TASKS[name], rng, with_preamble))
+    draw = (lambda: control_pair(rng, seed, with_preamble)) if name == CONTROL else (lambda: _draw(TASKS[name], rng, with_preamble))
     seen: set[str] = set()
     pairs: list[Pair] = []
     for _ in range(50 * (n_train + n_heldout)):

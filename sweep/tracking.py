@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from omegaconf import DictConfig, OmegaConf
 
-from sweep import names
+from sweep import lifecycle, names
 from sweep.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +94,7 @@ def git_commit() -> str | None:
 def start_parent_run(tracking_cfg, run_name: str) -> str:
     """A sweep's parent run, created in the launching process."""
     client, experiment_id = ensure_experiment(tracking_cfg)
-    tags = {names.TAG_KIND: names.KIND_PARENT}
+    tags = {names.TAG_KIND: names.KIND_PARENT, names.TAG_PROCESS: lifecycle.process_tag()}
     if commit := git_commit():
         tags[names.TAG_GIT_COMMIT] = commit
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
@@ -106,13 +106,48 @@ def end_parent_run(tracking_cfg, run_id: str, failed: bool, summary: str) -> Non
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 
 
+def finished_points(tracking_cfg) -> dict[str, str]:
+    """{config hash: run id} of the training jobs that finished in the experiment (re-prunes excluded)."""
+    client, experiment_id = ensure_experiment(tracking_cfg)
+    runs = client.search_runs([experiment_id], f"tags.`{names.TAG_KIND}` = '{names.KIND_JOB}' and "
+                                               f"tags.`{names.TAG_STATUS}` = '{names.STATUS_FINISHED}'",
+                              max_results=50000, order_by=["attributes.start_time DESC"])
+    # newest first, so the oldest finished run of a point is the one kept
+    return {run.data.tags[names.TAG_CONFIG_HASH]: run.info.run_id for run in runs
+            if run.data.tags.get(names.TAG_STAGE) != "prune"}
+
+
+def close_orphaned_runs(tracking_cfg) -> list[str]:
+    """Mark FAILED the RUNNING runs whose process is gone (killed with SIGKILL, a crashed node): a
+    killed sweep never leaves a run RUNNING once the next sweep starts. Returns their ids."""
+    client, experiment_id = ensure_experiment(tracking_cfg)
+    closed = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=50000):
+        tag = run.data.tags.get(names.TAG_PROCESS)
+        if lifecycle.is_orphaned(tag):
+            client.set_tag(run.info.run_id, names.TAG_STATUS, f"failed: process {tag} ended without closing the run (killed)")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            closed.append(run.info.run_id)
+    return closed
+
+
+def log_skipped_run(tracking_cfg, parent_run_id: str, run_name: str, point_hash: str, duplicate_of: str) -> str:
+    """A child run that records a point this sweep did not run again: `skipped: duplicate of <run_id>`."""
+    client, experiment_id = ensure_experiment(tracking_cfg)
+    tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_CONFIG_HASH: point_hash, names.TAG_PARENT: parent_run_id,
+            names.TAG_STATUS: f"{names.STATUS_SKIPPED}: duplicate of {duplicate_of}"}
+    run_id = client.create_run(experiment_id, run_name=f"{run_name} (skipped)", tags=tags).info.run_id
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return run_id
+
+
 class JobRun:
     """One job's child run; metrics are buffered and written in batches."""
 
     def __init__(self, cfg: DictConfig, run_name: str, parent_run_id: str | None, extra_tags: dict[str, str]):
         self.client, experiment_id = ensure_experiment(cfg.tracking)
         tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_CONFIG_HASH: config_hash(cfg),
-                names.TAG_STATUS: names.STATUS_RUNNING, **extra_tags}
+                names.TAG_STATUS: names.STATUS_RUNNING, names.TAG_PROCESS: lifecycle.process_tag(), **extra_tags}
         if parent_run_id:
             tags[names.TAG_PARENT] = parent_run_id
         if commit := git_commit():

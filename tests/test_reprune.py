@@ -67,3 +67,30 @@ def test_reprune_bad_input(trained, case):
     assert expected[case] in result.stderr
     assert hashlib.sha256(sweep.db.read_bytes()).hexdigest() == before
     assert len(sweep.runs()) == runs_before
+
+
+def test_reprune_a_whole_experiment_and_resume_it(sweep):
+    result = sweep.run("sparsity.density=1,0.5", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = {r.info.run_id for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB}
+    args = ["--experiment", "frontier", "prune.ablation=zero", "tasks.names=[else_elif]"]
+
+    first = reprune(sweep, *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    repruned = [r for r in sweep.runs() if r.data.tags.get(names.TAG_STAGE) == "prune"]
+    assert {r.data.tags[names.TAG_TRAIN_RUN] for r in repruned} == trained
+    assert all(r.info.status == "FINISHED" and r.data.params["prune.ablation"] == "zero" for r in repruned)
+    (parent,) = {r.data.tags[names.TAG_PARENT] for r in repruned}
+    assert sweep.client.get_run(parent).data.tags[names.TAG_KIND] == names.KIND_PARENT
+
+    again = reprune(sweep, *args)  # matched by config hash: nothing left to do
+    assert again.returncode == 0 and "re-pruning 0 of 2" in again.stdout
+    assert len([r for r in sweep.runs() if r.data.tags.get(names.TAG_STAGE) == "prune"]) == 2
+
+
+def test_reprune_an_unknown_experiment(trained):
+    sweep, _ = trained
+    before = hashlib.sha256(sweep.db.read_bytes()).hexdigest()
+    result = reprune(sweep, "--experiment", "nope", "prune.ablation=zero")
+    assert result.returncode == 2 and "EXPERIMENT='nope'" in result.stderr and "frontier" in result.stderr
+    assert hashlib.sha256(sweep.db.read_bytes()).hexdigest() == before

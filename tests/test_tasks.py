@@ -17,11 +17,11 @@ def test_the_paper_has_twenty_tasks():
     assert len(tasks.PAPER_TASKS) == 20 and "single_double_quote" in tasks.PAPER_TASKS
 
 
+@pytest.mark.parametrize("with_preamble", [True, False])
 @pytest.mark.parametrize("name", ALL)
-def test_generation_is_deterministic_balanced_and_disjoint(name):
-    first = tasks.generate(name, 32, 32, seed=0, n_ctx=64)
-    again = tasks.generate(name, 32, 32, seed=0, n_ctx=64)
-    other = tasks.generate(name, 32, 32, seed=1, n_ctx=64)
+def test_generation_is_deterministic_balanced_and_disjoint(name, with_preamble):
+    first, again, other = (tasks.generate(name, 32, 32, seed, n_ctx=64, with_preamble=with_preamble)
+                           for seed in (0, 0, 1))
     assert first == again and first != other
     assert len(first.train) == len(first.heldout) == 64
     assert not {e.prompt for e in first.train} & {e.prompt for e in first.heldout}

@@ -1,0 +1,263 @@
+"""SLURM through hydra-submitit-launcher (`hydra/launcher=slurm`): a check before anything runs, jobs with
+as many torch threads as CPUs, and a sweep that records a cancelled, timed-out or killed job as failed.
+
+The stock launcher waits for every job with `job.results()`, which raises for a job that SLURM ended
+without a result (scancel, time limit, out of memory, node failure): the sweep would stop there with a
+traceback, without its summary. This one waits for all jobs, and for each such job writes the failed
+result the summary reads (`<job dir>/result.json`) and closes the job's MLflow run if the job could not.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.plugins import Plugins
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from sweep import names
+from sweep.errors import EXIT_BAD_INPUT, ConfigError
+from sweep.job import JobOutcome, exit_on_sigterm
+from sweep.points import describe_point
+from sweep.tracking import config_hash
+
+# Hydra instantiates launchers only from the `hydra_plugins` package, by name: slurm.yaml's `_target_` is
+# this name, and importing this module registers the class below under it (see `register`).
+LAUNCHER_TARGET = "hydra_plugins.sparsity_sweep.SlurmLauncher"
+# SLURM states of a job that ended without running to its end: no result will come.
+KILLED_STATES = {"CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+POLL_S = 1.0
+SINFO_TIMEOUT_S = 60
+
+log = logging.getLogger(__name__)
+
+
+class SlurmLauncher(submitit_launcher.SlurmLauncher):
+    """hydra-submitit-launcher's SLURM launcher; a failed job becomes a failed result, not an exception."""
+
+    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
+                 singleton_state: dict[type, Singleton]) -> JobReturn:
+        """Runs in the SLURM job: the base class's job, with train.threads set to the CPUs it was given."""
+        import submitit
+
+        # scancel and the time limit send SIGTERM: the job must stop and close its run as failed, but
+        # submitit's handler only logs it (and exit_on_sigterm keeps a handler that is already set)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        exit_on_sigterm()
+        name_time_limit()
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
+        with open_dict(sweep_config.hydra.job) as job:
+            job.id = submitit.JobEnvironment().job_id
+            job.num = job_num
+        if cpus := self.params.get("cpus_per_task"):
+            sweep_config.train.threads = int(cpus)
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
+                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Submit all jobs as one SLURM array (as the base class does), then wait for every one of them."""
+        import submitit
+
+        assert self.config is not None and len(job_overrides) > 0
+        init_params = {"folder": self.params["submitit_folder"],
+                       "slurm_max_num_timeout": self.params.get("max_num_timeout", 0)}
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init_params)
+        base_keys = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base_keys else f"{self._EXECUTOR}_{k}": v
+                                      for k, v in self.params.items()
+                                      if k not in ("submitit_folder", "max_num_timeout")})
+        log.info(f"Submitit 'slurm' sweep output dir : {self.config.hydra.sweep.dir}")
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        job_params = []
+        for i, overrides in enumerate(job_overrides):
+            log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
+            job_params.append((list(overrides), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{i}",
+                               Singleton.get_state()))
+        jobs = executor.map_array(self, *zip(*job_params))
+        log.info(f"SLURM job {jobs[0].job_id.split('_')[0]}: {len(jobs)} task(s), "
+                 f"logs in {Path(str(self.params['submitit_folder'])).parent}")
+
+        returns: list[JobReturn | None] = [None] * len(jobs)
+        while True:
+            for i, job in enumerate(jobs):
+                if returns[i] is None and job.done():
+                    returns[i] = self._job_return(job, list(job_overrides[i]), initial_job_idx + i)
+            if all(r is not None for r in returns):
+                return returns
+            time.sleep(POLL_S)
+
+    def _job_return(self, job, overrides: list[str], job_num: int) -> JobReturn:
+        """The job's own return, or a failed result when SLURM ended it without one."""
+        import submitit
+
+        state = job.state
+        if not job.paths.result_pickle.exists() and state.split()[0] in KILLED_STATES:
+            return self._failed(job, overrides, job_num, f"SLURM job {job.job_id} ended {state}")
+        try:
+            return job.results()[0]
+        except submitit.core.utils.FailedJobError as e:  # an exception outside the task function
+            return self._failed(job, overrides, job_num, f"SLURM job {job.job_id}: {_trace_last_line(e)}")
+        except submitit.core.utils.UncompletedJobError:  # killed outright (SIGKILL), or died on startup
+            return self._failed(job, overrides, job_num,
+                                f"SLURM job {job.job_id} ended {state} without a result (log: {job.paths.stderr})")
+
+    def _failed(self, job, overrides: list[str], job_num: int, reason: str) -> JobReturn:
+        """Record a job that ended without a result: result.json for the summary, its run closed FAILED."""
+        status = f"failed: {reason}"[:500]
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config.hydra.job):
+            config.hydra.job.id = job.job_id
+            config.hydra.job.num = job_num
+        job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        result_file = job_dir / names.RESULT_FILE
+        parent_run_id = os.environ.get(names.ENV_PARENT_RUN_ID)
+        result = json.loads(result_file.read_text()) if result_file.exists() else {}
+        if result.get("parent_run_id") != parent_run_id:  # the job did not record its outcome (as cli.hydra_job)
+            result = {"point": describe_point(overrides), **JobOutcome(status).as_dict(), "parent_run_id": parent_run_id}
+            job_dir.mkdir(parents=True, exist_ok=True)
+            result_file.write_text(json.dumps(result))
+        try:
+            close_running_runs(config, status)
+        except Exception as e:  # noqa: BLE001 - the other jobs' results still count
+            print(f"warning: could not close the MLflow run of SLURM job {job.job_id}: {e}", file=sys.stderr)
+        print(f"SLURM job {job.job_id} [{describe_point(overrides)}]: {status}", file=sys.stderr)
+        ret = JobReturn(overrides=overrides, cfg=None, hydra_cfg=None, working_dir=str(job_dir),
+                        task_name=str(config.hydra.job.name), status=JobStatus.COMPLETED)
+        ret.return_value = result
+        return ret
+
+
+def name_time_limit() -> None:
+    """SLURM's time-limit warning (USR2, signal_delay_s before the limit) ends the job through submitit's
+    handler with "Job not requeued because: timed-out too many times": re-raise that as a TimeoutError that
+    says so, for the run's failure reason. Preemption (submitit requeues the job) is left as it is."""
+    from submitit.core.utils import UncompletedJobError
+
+    submitit_handler = signal.getsignal(signal.SIGUSR2)
+    if not callable(submitit_handler) or threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_time_limit(signum, frame):
+        try:
+            submitit_handler(signum, frame)
+        except UncompletedJobError as e:
+            raise TimeoutError(f"SLURM time limit reached: {e}") from None
+
+    signal.signal(signal.SIGUSR2, on_time_limit)
+
+
+def close_running_runs(config: DictConfig, status: str) -> None:
+    """A job killed outright (SIGKILL) leaves its run RUNNING: close it FAILED with the reason.
+
+    The run is found by this sweep's parent run and the job's config hash, as the job tagged it.
+    """
+    parent_run_id = os.environ.get(names.ENV_PARENT_RUN_ID)
+    if not parent_run_id:
+        return
+    task_cfg = copy.deepcopy(config)  # the job's config as the task sees it (hydra.core.utils.run_job)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    client = MlflowClient(tracking_uri=config.tracking.uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None:
+        return
+    query = (f"tags.`{names.TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+             f" and tags.`{names.TAG_CONFIG_HASH}` = '{config_hash(task_cfg)}'")
+    for run in client.search_runs([experiment.experiment_id], filter_string=query):
+        client.set_tag(run.info.run_id, names.TAG_STATUS, status)
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def _trace_last_line(error: Exception) -> str:
+    """The exception line of the traceback in submitit's FailedJobError (the trace sits between two rulers)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    rulers = [i for i, line in enumerate(lines) if set(line) == {"-"}]
+    if len(rulers) >= 2 and rulers[1] > rulers[0] + 1:
+        return lines[rulers[1] - 1]
+    return lines[0] if lines else type(error).__name__
+
+
+def check_launcher(config: DictConfig) -> None:
+    """Before anything runs or is logged: with hydra/launcher=slurm, SLURM must answer and the partition exist.
+
+    Otherwise one line `error: invalid config: <key>=<value>: <why>` and exit status 2 (bad input). It exits
+    itself: Hydra turns an exception raised in a callback into a warning and goes on.
+    """
+    if config.hydra.launcher.get("_target_") != LAUNCHER_TARGET:
+        return
+    try:
+        check_slurm(config.hydra.launcher)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    _warn_without_accounting()
+
+
+def check_slurm(launcher: DictConfig) -> None:
+    """Raise ConfigError unless `sinfo` answers and lists the launcher's partition (or a default one), up."""
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        raise ConfigError("hydra/launcher", "slurm", "SLURM is not reachable from here: no `sinfo` on PATH")
+    try:
+        out = subprocess.run([sinfo, "--noheader", "--format=%P|%a"], capture_output=True, text=True,
+                             timeout=SINFO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ConfigError("hydra/launcher", "slurm",
+                          f"SLURM is not reachable: sinfo did not answer in {SINFO_TIMEOUT_S} s") from None
+    if out.returncode != 0:
+        detail = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        raise ConfigError("hydra/launcher", "slurm", f"SLURM is not reachable: sinfo: {detail}")
+    available = {}  # partition -> (is default, up/down/...)
+    for line in out.stdout.split():
+        name, _, avail = line.partition("|")
+        available[name.rstrip("*")] = (name.endswith("*"), avail)
+    listed = ", ".join(sorted(available)) or "none"
+    partition = launcher.get("partition")
+    if partition is None and not any(default for default, _ in available.values()):
+        raise ConfigError("hydra.launcher.partition", None,
+                          f"this SLURM cluster has no default partition: name one of {listed}")
+    for name in [] if partition is None else str(partition).split(","):
+        if name not in available:
+            raise ConfigError("hydra.launcher.partition", partition, f"no such SLURM partition (sinfo lists: {listed})")
+        if available[name][1] != "up":
+            raise ConfigError("hydra.launcher.partition", partition, f"SLURM partition {name} is {available[name][1]}")
+
+
+def _warn_without_accounting() -> None:
+    """submitit learns from sacct that a job was cancelled or timed out; without it such a job is never seen."""
+    sacct = shutil.which("sacct")
+    try:
+        ok = sacct is not None and subprocess.run(
+            [sacct, "--noheader", "--format=JobID", "--allocations", "--starttime=now"],
+            capture_output=True, timeout=SINFO_TIMEOUT_S).returncode == 0
+    except subprocess.TimeoutExpired:
+        ok = False
+    if not ok:
+        print("warning: sacct does not work on this cluster (no SLURM accounting?): a job cancelled or past its "
+              "time limit would leave the sweep waiting for it", file=sys.stderr)
+
+
+def register() -> None:
+    """Make LAUNCHER_TARGET instantiable: Hydra looks plugins up by name in this table."""
+    Plugins.instance().class_name_to_class[LAUNCHER_TARGET] = SlurmLauncher
+
+
+register()

@@ -1,0 +1,101 @@
+"""Resume: a killed sweep leaves no run RUNNING, and running it again runs only the missing points."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import PROJECT_ROOT
+from sweep import names, tracking
+
+GRID = ["sparsity.density=1,0.5,0.25,0.125", "train.steps=120"]
+
+
+def training_runs(sweep, status: str = names.STATUS_FINISHED):
+    return [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB
+            and r.data.tags.get(names.TAG_STATUS) == status]
+
+
+def wait_for(condition, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("n_jobs", [2, 1], ids=["worker-processes", "in-process"])
+def test_a_killed_sweep_resumes_with_only_the_missing_points(sweep, n_jobs):
+    grid = [*GRID, f"hydra.launcher.n_jobs={n_jobs}"]
+    cmd = [sys.executable, "-m", "sweep", "-m", *sweep.args(*grid)]
+    launcher = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the plan is written once the sweep has created the store: only then may a second client open it
+    wait_for(lambda: (sweep.tmp / "multirun" / "plan.json").exists() and len(training_runs(sweep)) >= 1)
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 128 + signal.SIGTERM, output
+    assert "run the same command again" in output
+
+    runs = sweep.runs()
+    assert not [r for r in runs if r.info.status == "RUNNING"], "a killed sweep left a run RUNNING"
+    done_before = {r.data.tags[names.TAG_CONFIG_HASH] for r in training_runs(sweep)}
+    assert 1 <= len(done_before) < 4
+    killed = [r for r in runs if r.info.status == "FAILED" and r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
+    assert all(r.data.tags[names.TAG_STATUS].startswith("failed: ") for r in killed)
+
+    again = sweep.run(*grid, multirun=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    finished = training_runs(sweep)
+    hashes = [r.data.tags[names.TAG_CONFIG_HASH] for r in finished]
+    assert len(hashes) == len(set(hashes)) == 4  # every point once, none trained twice
+    skipped = [r for r in sweep.runs() if r.data.tags.get(names.TAG_STATUS, "").startswith("skipped: duplicate of ")]
+    assert {r.data.tags[names.TAG_CONFIG_HASH] for r in skipped} == done_before
+    assert f"{len(done_before)} skipped" in again.stdout
+    assert not [r for r in sweep.runs() if r.info.status == "RUNNING"]
+
+
+def test_identical_points_of_one_grid_run_once(sweep):
+    result = sweep.run("sparsity.density=1,1.0,0.5", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    finished = training_runs(sweep)
+    assert sorted(float(r.data.params["sparsity.density"]) for r in finished) == [0.5, 1.0]
+    (skipped,) = [r for r in sweep.runs() if r.data.tags.get(names.TAG_STATUS, "").startswith("skipped")]
+    dense = next(r for r in finished if float(r.data.params["sparsity.density"]) == 1.0)
+    assert skipped.data.tags[names.TAG_STATUS] == f"skipped: duplicate of {dense.info.run_id}"
+    assert "2 finished, 1 skipped" in result.stdout
+
+
+def test_extra_grids_add_points(sweep):
+    """`extra_grids` adds points to the `params` grid, as the quick grid's extra seeds do."""
+    result = sweep.run("+hydra.sweeper.params={sparsity.density: '1,0.5'}",
+                       "+hydra.sweeper.extra_grids=[{sparsity.density: 1, seed: '1,2'}]", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    points = sorted((float(r.data.params["sparsity.density"]), int(r.data.params["seed"])) for r in training_runs(sweep))
+    assert points == [(0.5, 0), (1.0, 0), (1.0, 1), (1.0, 2)]
+
+
+def test_a_run_whose_process_was_killed_is_closed_by_the_next_sweep(sweep):
+    """SIGKILL cannot be caught: the next sweep finds the run RUNNING with its process gone and fails it."""
+    cfg = OmegaConf.create({"tracking": {"uri": sweep.uri, "experiment": "frontier", "flush_every": 10}})
+    opener = textwrap.dedent(f"""
+        import time
+        from omegaconf import OmegaConf
+        from sweep.tracking import JobRun
+        cfg = OmegaConf.create({OmegaConf.to_container(cfg)!r})
+        with JobRun(cfg, "doomed", None, {{}}) as run:
+            print(run.run_id, flush=True)
+            time.sleep(600)
+    """)
+    doomed = subprocess.Popen([sys.executable, "-c", opener], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    run_id = doomed.stdout.readline().strip()
+    doomed.kill()
+    doomed.wait()
+    assert sweep.client.get_run(run_id).info.status == "RUNNING"
+    assert tracking.close_orphaned_runs(cfg.tracking) == [run_id]
+    closed = sweep.client.get_run(run_id)
+    assert closed.info.status == "FAILED" and "killed" in closed.data.tags[names.TAG_STATUS]
