@@ -30,7 +30,7 @@ sweep: $(INSTALLED) ## run the grid GRID (default quick) as a Hydra multirun; ex
 
 # hydra/sweeper=optuna as well: conf/config.yaml's own `override hydra/sweeper` wins over the experiment's.
 search: $(INSTALLED) ## run or resume the Optuna frontier search (study: optuna.db, Pareto set: frontier-pareto.csv); overrides in ARGS
-	$(BIN)/python -m sweep -m experiment=search hydra/sweeper=optuna $(ARGS)
+	$(BIN)/python -m sweep -m experiment=search $(ARGS)
 
 reprune: $(INSTALLED) ## prune again: RUN=<run id> or EXPERIMENT=<name> (all its runs), PRUNE="prune.ablation=zero"
 	$(BIN)/python -m sweep.reprune $(if $(EXPERIMENT),--experiment $(EXPERIMENT),$(RUN)) $(PRUNE)

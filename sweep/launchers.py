@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from hydra.core.plugins import Plugins
 from hydra.core.singleton import Singleton

@@ -15,5 +15,11 @@ def describe_point(overrides) -> str:
 
 def point_label(cfg: DictConfig, overrides=()) -> str:
     """Short name such as `w2-d0.06-s0 lr=0.005`: the grid axes, then any other override."""
-    extras = [o.rsplit(".", 1)[-1] for o in overrides if "=" in o and not o.startswith(WHERE_KEYS + AXIS_KEYS)]
+    extras = [_short(o) for o in overrides if "=" in o and not o.startswith(WHERE_KEYS + AXIS_KEYS)]
     return " ".join([f"w{cfg.model.width_mult}-d{cfg.sparsity.density:g}-s{cfg.seed}", *extras])
+
+
+def _short(override: str) -> str:
+    """`train.lr=0.005` -> `lr=0.005`: the last part of the key, the value untouched."""
+    key, value = override.split("=", 1)
+    return f"{key.rsplit('.', 1)[-1]}={value}"

@@ -56,7 +56,7 @@ def real_memory_mb() -> int:
 class SlurmCluster:
     """`start()` brings the cluster up (well under a second), `stop()` takes it down by its pid files."""
 
-    def __init__(self, root: Path, kill_wait_s: int = 5):
+    def __init__(self, root: Path, kill_wait_s: int = 30):
         self.root = root
         self.host = socket.gethostname().split(".")[0]
         self.conf = root / "slurm.conf"

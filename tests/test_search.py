@@ -2,8 +2,9 @@
 
 At TINY scale (30 steps) a model is at the unigram level and no better than chance on else_elif (task
 loss 0.8-1.6 > ln 2), so any target below chance leaves every trial unsolved (told FAIL). The target
-here (prune.target_loss=3) is reached by every model, and by its empty circuit (edges_geomean 1): the
-objectives are real metrics of real jobs, but this checks the search's mechanics, not a real front.
+here (prune.target_loss=3, one task) is reached by every model, and by its empty circuit
+(edges_geomean 1): the objectives are real metrics of real jobs, but this checks the search's
+mechanics, not a real front.
 """
 
 import csv
@@ -22,7 +23,8 @@ STUDY = "tiny"
 def run_search(sweep, sweep_dir: str, *overrides: str) -> subprocess.CompletedProcess:
     """`python -m sweep -m experiment=search` with TINY jobs, its own study storage and sweep folder."""
     args = [a for a in sweep.args() if not a.startswith("hydra.sweep.dir=")]
-    cmd = [sys.executable, "-m", "sweep", "-m", *args, "experiment=search", "hydra/sweeper=optuna", "prune.target_loss=3",
+    cmd = [sys.executable, "-m", "sweep", "-m", *args, "experiment=search",
+           "tasks.names=[else_elif]", "prune.target_loss=3",
            "model.width_mult=choice(1, 2)", f"hydra.sweeper.storage=sqlite:///{sweep.tmp / 'optuna.db'}",
            f"hydra.sweeper.study_name={STUDY}", f"hydra.sweep.dir={sweep.tmp / sweep_dir}", *overrides]
     return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)

@@ -149,17 +149,17 @@ def test_cancelled_and_killed_jobs_end_failed_and_the_sweep_ends(slurm, sweep):
 
 
 def test_a_job_past_its_time_limit_ends_failed(slurm, sweep):
-    """SLURM's own time limit, cut to one minute (its smallest) once the job trains: SLURM sends submitit's
-    warning signal (due 120 s before the limit) at its next time-limit check, within 30 s. The job ends
-    failed, saying so, and the sweep exits 1. (Submitted with one minute, the signal could come while the
-    job is still starting, before any handler is set, and simply kill it.)"""
+    """SLURM's own time limit, cut to two minutes once the job trains: SLURM sends submitit's warning signal
+    (due 120 s before the limit) at its next time-limit check, within 30 s. The job ends failed, saying so,
+    and the sweep exits 1. (Submitted with a short limit, the signal could come while the job is still
+    starting, before any handler is set, and simply kill it.)"""
     process = subprocess.Popen(sweep_command(sweep, "train.steps=100000", "hydra.launcher.timeout_min=3",
                                              "hydra.launcher.cpus_per_task=2"),
                                cwd=PROJECT_ROOT, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: running_run(sweep.db, "100000"), "the job's run", process)
         (line,) = slurm.command("squeue", "--noheader", "--format=%A").stdout.split()
-        slurm.command("scontrol", "update", f"JobId={line}", "TimeLimit=1")
+        slurm.command("scontrol", "update", f"JobId={line}", "TimeLimit=2")
         stdout, stderr = process.communicate(timeout=SWEEP_TIMEOUT_S)
     finally:
         process.kill()

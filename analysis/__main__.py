@@ -1,0 +1,66 @@
+"""`python -m analysis frontier --experiment NAME --out DIR`: the frontier tables and figures of a sweep.
+
+Bad input (no store, no such experiment, no finished runs, an unreachable server, unreadable
+CSVs) ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from analysis.collapse import CollapseRule
+from analysis.frontier import HV_REFERENCE, check_reference
+from analysis.load import DEFAULT_URI, STAGES, AnalysisError
+from analysis.report import Options, analyse, summary
+
+EXIT_BAD_INPUT = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    commands = top.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("frontier", help="tables and figures of the capability / circuit-size frontier")
+    p.add_argument("--experiment", help="MLflow experiment (e.g. frontier)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI,
+                   help=f"MLflow store: sqlite:///<file> or http(s)://host:port (default: $MLFLOW_TRACKING_URI or {DEFAULT_URI})")
+    p.add_argument("--parent", metavar="RUN_ID", help="only the jobs of this sweep (parent run)")
+    p.add_argument("--stage", choices=STAGES, default="train",
+                   help="train: training runs (default); prune: re-prune runs (sweep.stage=prune) instead")
+    p.add_argument("--from-csv", type=Path, metavar="DIR", help="rebuild from DIR/runs.csv and DIR/tasks.csv, offline")
+    p.add_argument("--common-tasks", action="store_true",
+                   help="circuit size over the tasks solved by every point with a circuit, not each point's own")
+    p.add_argument("--collapse", action="append", default=[], metavar="KEY=VALUE",
+                   help="collapse threshold (repeatable): ref_margin, dead_frac, dead_layers, solved_frac, "
+                        "shrink_ratio; a number or off")
+    p.add_argument("--hv-ref", nargs=2, type=float, default=HV_REFERENCE, metavar=("LOSS", "EDGES"),
+                   help=f"hypervolume reference point (default {HV_REFERENCE[0]:g} nats/byte, {HV_REFERENCE[1]:g} edges)")
+    p.add_argument("--no-log", action="store_true", help="do not log the results to the sweep's parent run")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        rule = CollapseRule.parse(args.collapse)
+        options = Options(out=args.out, experiment=args.experiment, tracking_uri=args.tracking_uri, parent=args.parent,
+                          stage=args.stage, from_csv=args.from_csv, common_tasks=args.common_tasks, rule=rule,
+                          hv_reference=check_reference(tuple(args.hv_ref)), log=not args.no_log)
+        result = analyse(options)
+    except AnalysisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MlflowException as e:  # the store went away mid-way, or refused a write
+        print(f"error: MLflow: {str(e).strip().splitlines()[0][:300]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(summary(result, rule))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

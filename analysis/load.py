@@ -1,0 +1,224 @@
+"""MLflow -> tidy tables: which runs count, one row per job (`runs.csv`), one per (job, task) (`tasks.csv`).
+
+Runs that count: child runs tagged `sweep.kind=job` with `sweep.status=finished` and MLflow status
+FINISHED (failed, running and `skipped: duplicate of ...` runs are left out). Several sweeps in one
+experiment are pooled; runs with the same `sweep.config_hash` are one point, and the newest is kept.
+Re-prune runs (`sweep.stage=prune`) carry their training run's capability metrics and a new
+circuit: they are left out by default (stage `train`) and used instead of the training runs with
+stage `prune`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+# The contract's tag and metric names. sweep/names.py imports nothing; importing it loads the
+# `sweep` package's __init__ (omegaconf, sweep.tracking, mlflow), never torch or training code.
+from sweep import names
+
+# Config keys of the grid axes (contract.md, "Config"): sweep/names.py holds tags and metrics only.
+WIDTH = "model.width_mult"
+BASE_WIDTH = "model.base_width"
+DENSITY = "sparsity.density"
+SEED = "seed"
+# Params that say where or how a job ran, not what it computed: never what tells two points apart.
+WHERE_PARAMS = ("tracking.", "train.device", "train.threads", "data.cache_dir", "tasks.template_dir")
+
+STAGES = ("train", "prune")
+DEFAULT_URI = f"sqlite:///{Path(__file__).resolve().parent.parent / 'mlflow.db'}"  # conf/tracking/sqlite.yaml
+RUNS_CSV, TASKS_CSV = "runs.csv", "tasks.csv"
+TASK_COLUMNS = ("run_id", WIDTH, DENSITY, SEED, "task", *names.CIRCUIT_PER_TASK)
+
+
+class AnalysisError(Exception):
+    """Input the user can fix (no store, no experiment, no finished runs): one line, exit status 2."""
+
+
+@dataclass
+class Selection:
+    """The runs an analysis uses, why others were left out, and the parent run to log results to."""
+
+    runs: list
+    notes: list[str] = field(default_factory=list)
+    parent_run_id: str | None = None
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client for an existing store: a missing SQLite file or an unreachable server is an AnalysisError."""
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if db is not None and not db.is_file():
+        # MLflow would create an empty store here; a typo in the path should not leave one behind.
+        raise AnalysisError(f"no MLflow store at {db} (tracking URI {uri}); run a sweep first or pass --tracking-uri")
+    # An unreachable server should fail in seconds, not after MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as e:
+        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise AnalysisError(f"cannot read the MLflow store at {uri}: {first_line}") from None
+    return client
+
+
+def _all_job_runs(client: MlflowClient, experiment_id: str) -> list:
+    """Every job run of the experiment, newest first (paged)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.`{names.TAG_KIND}` = '{names.KIND_JOB}'",
+                                  max_results=5000, order_by=["attributes.start_time DESC"], page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _outcome(run) -> str:
+    """finished, skipped, failed or running: the sweep's tag, checked against MLflow's own status."""
+    status = run.data.tags.get(names.TAG_STATUS, "")
+    if status == names.STATUS_FINISHED and run.info.status == "FINISHED":
+        return "finished"
+    if status.startswith(names.STATUS_SKIPPED):
+        return "skipped"
+    return "failed" if status.startswith("failed") or run.info.status == "FAILED" else "running"
+
+
+def _count(kinds: list[str]) -> str:
+    counts = pd.Series(kinds, dtype=object).value_counts()
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "no job runs"
+
+
+def select_runs(client: MlflowClient, experiment: str, parent: str | None = None, stage: str = "train") -> Selection:
+    """The finished job runs of one experiment (optionally one sweep), one per config hash."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        known = ", ".join(sorted(e.name for e in client.search_experiments(max_results=1000))) or "none"
+        raise AnalysisError(f"no experiment '{experiment}' in {client.tracking_uri} (experiments there: {known})")
+    runs = _all_job_runs(client, found.experiment_id)
+    where = f"experiment '{experiment}'"
+    if parent:
+        runs = [r for r in runs if r.data.tags.get(names.TAG_PARENT) == parent]
+        where += f" under parent run {parent}"
+    notes = []
+    is_prune = [r.data.tags.get(names.TAG_STAGE) == "prune" for r in runs]
+    other_stage = sum(p != (stage == "prune") for p in is_prune)
+    runs = [r for r, p in zip(runs, is_prune) if p == (stage == "prune")]
+    if other_stage:
+        notes.append(f"{other_stage} {'training' if stage == 'prune' else 're-prune (sweep.stage=prune)'} runs "
+                     f"left out (--stage {'train' if stage == 'prune' else 'prune'} uses them)")
+    outcomes = [_outcome(r) for r in runs]
+    finished = [r for r, o in zip(runs, outcomes) if o == "finished"]
+    if not finished:
+        raise AnalysisError(f"no finished {stage} job runs in {where} ({_count(outcomes)})")
+    if len(finished) < len(runs):
+        notes.append(f"left out: {_count([o for o in outcomes if o != 'finished'])}")
+    kept, seen = [], set()
+    for run in finished:  # newest first: the newest run of a config hash wins
+        key = run.data.tags.get(names.TAG_CONFIG_HASH) or run.info.run_id
+        if key not in seen:
+            seen.add(key)
+            kept.append(run)
+    if len(kept) < len(finished):
+        notes.append(f"{len(finished) - len(kept)} older runs of an already seen sweep.config_hash left out (newest kept)")
+    no_loss = [r.info.run_id for r in kept if names.CAPABILITY_VAL_LOSS not in r.data.metrics]
+    if no_loss:
+        notes.append(f"{len(no_loss)} runs lack {names.CAPABILITY_VAL_LOSS} (older or incomplete runs), left out: "
+                     + " ".join(no_loss[:5]) + (" ..." if len(no_loss) > 5 else ""))
+        kept = [r for r in kept if r.info.run_id not in no_loss]
+    if not kept:
+        raise AnalysisError(f"no finished job run in {where} has {names.CAPABILITY_VAL_LOSS}")
+    parent_id, parent_note = _parent_to_log_to(client, kept)
+    return Selection(kept, notes + ([parent_note] if parent_note else []), parent_id)
+
+
+def _parent_to_log_to(client: MlflowClient, runs: list) -> tuple[str | None, str | None]:
+    """The parent run of the runs used; the newest one if they come from several sweeps."""
+    ids = {r.data.tags[names.TAG_PARENT] for r in runs if r.data.tags.get(names.TAG_PARENT)}
+    if not ids:
+        return None, "the runs have no parent run: results are not logged to MLflow"
+    if len(ids) == 1:
+        return ids.pop(), None
+    parents = sorted((client.get_run(i) for i in ids), key=lambda r: r.info.start_time, reverse=True)
+    return parents[0].info.run_id, (f"runs come from {len(ids)} sweeps (parent runs); results are logged to the "
+                                    f"newest, {parents[0].info.run_id} (--parent RUN_ID picks one sweep)")
+
+
+def _task_metric(key: str) -> tuple[str, str] | None:
+    """(task, what) of a per-task circuit metric `circuit/<task>/<what>`, else None."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "circuit" and parts[2] in names.CIRCUIT_PER_TASK:
+        return parts[1], parts[2]
+    return None
+
+
+def runs_table(runs: list) -> pd.DataFrame:
+    """One row per run: identity, params (dotted names) and final metrics (contract names); per-task
+    circuit metrics go to `tasks_table`."""
+    rows = []
+    for run in runs:
+        tags = run.data.tags
+        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "parent_run_id": tags.get(names.TAG_PARENT),
+               "config_hash": tags.get(names.TAG_CONFIG_HASH), "stage": tags.get(names.TAG_STAGE, "train"),
+               "train_run_id": tags.get(names.TAG_TRAIN_RUN), "start_time": run.info.start_time}
+        row.update(run.data.params)
+        row.update({k: v for k, v in run.data.metrics.items() if _task_metric(k) is None})
+        rows.append(row)
+    return normalise(pd.DataFrame(rows))
+
+
+def tasks_table(runs: list) -> pd.DataFrame:
+    """One row per (run, task): the circuit metrics of each task, the nonsense control as task `control`."""
+    rows = []
+    for run in runs:
+        per_task: dict[str, dict] = {}
+        for key, value in run.data.metrics.items():
+            if (parsed := _task_metric(key)) is not None:
+                per_task.setdefault(parsed[0], {})[parsed[1]] = value
+        params = run.data.params
+        for task, values in sorted(per_task.items()):
+            rows.append({"run_id": run.info.run_id, WIDTH: params.get(WIDTH), DENSITY: params.get(DENSITY),
+                         SEED: params.get(SEED), "task": task, **values})
+    return normalise(pd.DataFrame(rows, columns=list(TASK_COLUMNS)))
+
+
+def normalise(table: pd.DataFrame) -> pd.DataFrame:
+    """Params arrive as strings: make every column whose values all parse as numbers numeric."""
+    table = table.copy()
+    for column in table.columns:
+        if not pd.api.types.is_numeric_dtype(table[column]) and table[column].notna().any():
+            try:
+                table[column] = pd.to_numeric(table[column])
+            except (TypeError, ValueError):
+                pass
+    for column, default in ((WIDTH, 1.0), (DENSITY, 1.0), (SEED, 0.0)):  # a run logged without an axis: its default
+        table[column] = pd.to_numeric(table[column]).astype(float).fillna(default) if column in table else default
+    return table
+
+
+def write_tables(runs: pd.DataFrame, tasks: pd.DataFrame, out: Path) -> None:
+    runs.to_csv(out / RUNS_CSV, index=False)
+    tasks.to_csv(out / TASKS_CSV, index=False)
+
+
+def read_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`runs.csv` and `tasks.csv` written by an earlier analysis: everything the figures need."""
+    paths = [folder / RUNS_CSV, folder / TASKS_CSV]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise AnalysisError(f"--from-csv: missing {', '.join(missing)}")
+    try:
+        runs, tasks = (pd.read_csv(p) for p in paths)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise AnalysisError(f"--from-csv: cannot read the tables in {folder}: {e}") from None
+    if runs.empty or names.CAPABILITY_VAL_LOSS not in runs.columns or "run_id" not in runs.columns:
+        raise AnalysisError(f"--from-csv: {paths[0]} has no runs with run_id and {names.CAPABILITY_VAL_LOSS}")
+    for column in TASK_COLUMNS:
+        if column not in tasks.columns:
+            tasks[column] = pd.NA
+    return normalise(runs), normalise(tasks)
