@@ -18,7 +18,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: help install sweep search reprune test test-slow test-slurm ui clean
+.PHONY: help install sweep search reprune frontier test test-slow test-slurm ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ search: $(INSTALLED) ## run or resume the Optuna frontier search (study: optuna.
 
 reprune: $(INSTALLED) ## prune again: RUN=<run id> or EXPERIMENT=<name> (all its runs), PRUNE="prune.ablation=zero"
 	$(BIN)/python -m sweep.reprune $(if $(EXPERIMENT),--experiment $(EXPERIMENT),$(RUN)) $(PRUNE)
+
+# EXPERIMENT has no global default: `make reprune` tells RUN from EXPERIMENT by whether it is set.
+frontier: $(INSTALLED) ## frontier tables and figures of EXPERIMENT (default frontier) into figures/, logged to its sweep; options in ARGS
+	$(BIN)/python -m analysis frontier --experiment $(or $(EXPERIMENT),frontier) --out figures $(ARGS)
 
 test: $(INSTALLED) ## run the tests (a few minutes on 2 cores)
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -117,7 +117,7 @@ def collapse_region_start(points: pd.DataFrame, rule: CollapseRule) -> float:
     return min(finite) if finite else math.nan
 
 
-def _shade_collapse(ax, points: pd.DataFrame, rule: CollapseRule) -> bool:
+def _shade_collapse(ax, points: pd.DataFrame, rule: CollapseRule, label: bool = True) -> bool:
     """Shade and label the collapse region of the loss axis, if it is in view."""
     start = collapse_region_start(points, rule)
     left, right = ax.get_xlim()
@@ -125,6 +125,8 @@ def _shade_collapse(ax, points: pd.DataFrame, rule: CollapseRule) -> bool:
         return False
     ax.axvspan(max(start, left - 1), right + 1, color=SHADE, alpha=0.35, lw=0, zorder=0)
     ax.set_xlim(left, right)
+    if not label:
+        return True
     text = "every point collapsed" if not (points["regime"] != COLLAPSE).any() else "collapse regime"
     begin = max(start, left)
     narrow = (right - begin) < 0.3 * (right - left)  # too narrow for the label across: write it upwards
@@ -174,7 +176,7 @@ def frontier_figure(points: pd.DataFrame, rule: CollapseRule, out: Path, edges_l
             draw_points(ax, group["val_loss"], group["edges"], group[best], colour, marker)
             draw_points(ax, group[~best]["val_loss"], group[~best]["edges"], group[~best], colour, marker, alpha=0.45)
             for _, p in group[group["density"] < 1].iterrows():
-                ax.annotate(f"{p['density']:g}", (p["val_loss"], p["edges"]), xytext=(3, 2), textcoords="offset points",
+                ax.annotate(f"{100 * p['density']:.3g}%", (p["val_loss"], p["edges"]), xytext=(3, 2), textcoords="offset points",
                             fontsize=5.5, color="#333333")
         overall = placed[pareto_mask(placed["val_loss"], placed["edges"])].sort_values("val_loss")
         extra = []
@@ -195,6 +197,8 @@ def frontier_figure(points: pd.DataFrame, rule: CollapseRule, out: Path, edges_l
         _reference_lines(ax, points, vertical=True)
         if _shade_collapse(ax, points, rule):
             extra.append(Patch(color=SHADE, alpha=0.35, lw=0, label="collapse regime"))
+            if top is not None:
+                _shade_collapse(top, points, rule, label=False)
         ax.set_xlabel(LOSS_LABEL + (f"\n{note}" if note else ""))
         ax.set_ylabel(edges_label)
         add_legend(fig, legend_handles(styles, points, extra), ONE_COLUMN)
@@ -235,7 +239,7 @@ def edges_by_task_figure(points: pd.DataFrame, per_task: pd.DataFrame, out: Path
                 data = per_task[per_task["task"] == panel].merge(points[["point", "series", "regime"]], on="point")
             _edges_panel(ax, data, styles)
             density_ticks(ax, points)
-            ax.set_title("control (should stay unsolved)" if panel == CONTROL_TASK else panel)
+            ax.set_title("nonsense control" if panel == CONTROL_TASK else panel)
             if not len(data):
                 message(ax, "no circuit metrics\n(pruning disabled or older runs)")
             elif not (data["n_solved"] > 0).any():

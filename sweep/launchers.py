@@ -112,20 +112,29 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         if not job.paths.result_pickle.exists() and state.split()[0] in KILLED_STATES:
             return self._failed(job, overrides, job_num, f"SLURM job {job.job_id} ended {state}")
         try:
-            return job.results()[0]
+            ret = job.results()[0]
         except submitit.core.utils.FailedJobError as e:  # an exception outside the task function
             return self._failed(job, overrides, job_num, f"SLURM job {job.job_id}: {_trace_last_line(e)}")
         except submitit.core.utils.UncompletedJobError:  # killed outright (SIGKILL), or died on startup
             return self._failed(job, overrides, job_num,
                                 f"SLURM job {job.job_id} ended {state} without a result (log: {job.paths.stderr})")
+        result = ret.return_value if ret.status == JobStatus.COMPLETED else None
+        if isinstance(result, dict) and str(result.get("status", "")).startswith("failed"):
+            # a signal can stop a job while it opens its run, before the run can be closed: close it here
+            self._close_runs(self._job_config(job, overrides, job_num), result["status"], job)
+        return ret
 
-    def _failed(self, job, overrides: list[str], job_num: int, reason: str) -> JobReturn:
-        """Record a job that ended without a result: result.json for the summary, its run closed FAILED."""
-        status = f"failed: {reason}"[:500]
+    def _job_config(self, job, overrides: list[str], job_num: int) -> DictConfig:
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(config.hydra.job):
             config.hydra.job.id = job.job_id
             config.hydra.job.num = job_num
+        return config
+
+    def _failed(self, job, overrides: list[str], job_num: int, reason: str) -> JobReturn:
+        """Record a job that ended without a result: result.json for the summary, its run closed FAILED."""
+        status = f"failed: {reason}"[:500]
+        config = self._job_config(job, overrides, job_num)
         job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         result_file = job_dir / names.RESULT_FILE
         parent_run_id = os.environ.get(names.ENV_PARENT_RUN_ID)
@@ -134,15 +143,19 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             result = {"point": describe_point(overrides), **JobOutcome(status).as_dict(), "parent_run_id": parent_run_id}
             job_dir.mkdir(parents=True, exist_ok=True)
             result_file.write_text(json.dumps(result))
-        try:
-            close_running_runs(config, status)
-        except Exception as e:  # noqa: BLE001 - the other jobs' results still count
-            print(f"warning: could not close the MLflow run of SLURM job {job.job_id}: {e}", file=sys.stderr)
+        self._close_runs(config, status, job)
         print(f"SLURM job {job.job_id} [{describe_point(overrides)}]: {status}", file=sys.stderr)
         ret = JobReturn(overrides=overrides, cfg=None, hydra_cfg=None, working_dir=str(job_dir),
                         task_name=str(config.hydra.job.name), status=JobStatus.COMPLETED)
         ret.return_value = result
         return ret
+
+    @staticmethod
+    def _close_runs(config: DictConfig, status: str, job) -> None:
+        try:
+            close_running_runs(config, status)
+        except Exception as e:  # noqa: BLE001 - the other jobs' results still count
+            print(f"warning: could not close the MLflow run of SLURM job {job.job_id}: {e}", file=sys.stderr)
 
 
 def name_time_limit() -> None:
@@ -165,7 +178,8 @@ def name_time_limit() -> None:
 
 
 def close_running_runs(config: DictConfig, status: str) -> None:
-    """A job killed outright (SIGKILL) leaves its run RUNNING: close it FAILED with the reason.
+    """A job that has ended but left its run RUNNING (killed outright, or stopped while it opened the run):
+    close the run FAILED with the reason.
 
     The run is found by this sweep's parent run and the job's config hash, as the job tagged it.
     """

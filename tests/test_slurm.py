@@ -58,13 +58,15 @@ def parent_run(sweep: Sweep):
     return parent
 
 
-def running_run(db: Path, steps: str) -> bool:
-    """Whether the run with train.steps=<steps> is RUNNING, read without MLflow (no second store client)."""
+def training_run(db: Path, steps: str) -> bool:
+    """Whether the run with train.steps=<steps> is RUNNING and has logged metrics (it trains), read
+    without MLflow (no second store client)."""
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
             return connection.execute(
                 "SELECT count(*) FROM runs JOIN params ON params.run_uuid = runs.run_uuid "
-                "WHERE runs.status = 'RUNNING' AND params.key = 'train.steps' AND params.value = ?",
+                "WHERE runs.status = 'RUNNING' AND params.key = 'train.steps' AND params.value = ? "
+                "AND EXISTS (SELECT 1 FROM metrics WHERE metrics.run_uuid = runs.run_uuid)",
                 (steps,)).fetchone()[0] > 0
     except sqlite3.Error:  # no file or no tables yet
         return False
@@ -122,9 +124,9 @@ def test_cancelled_and_killed_jobs_end_failed_and_the_sweep_ends(slurm, sweep):
     process = subprocess.Popen(sweep_command(sweep, "train.steps=30,100000,100001"), cwd=PROJECT_ROOT,
                                env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: running_run(sweep.db, "100000"), "job 1's run", process)
+        wait_for(lambda: training_run(sweep.db, "100000"), "job 1 training", process)
         slurm.command("scancel", array_task(slurm, 1)[0])
-        wait_for(lambda: running_run(sweep.db, "100001"), "job 2's run", process)
+        wait_for(lambda: training_run(sweep.db, "100001"), "job 2 training", process)
         os.kill(job_process(slurm, array_task(slurm, 2)[1]), signal.SIGKILL)
         stdout, stderr = process.communicate(timeout=SWEEP_TIMEOUT_S)
     finally:
@@ -157,7 +159,7 @@ def test_a_job_past_its_time_limit_ends_failed(slurm, sweep):
                                              "hydra.launcher.cpus_per_task=2"),
                                cwd=PROJECT_ROOT, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: running_run(sweep.db, "100000"), "the job's run", process)
+        wait_for(lambda: training_run(sweep.db, "100000"), "the job training", process)
         (line,) = slurm.command("squeue", "--noheader", "--format=%A").stdout.split()
         slurm.command("scontrol", "update", f"JobId={line}", "TimeLimit=2")
         stdout, stderr = process.communicate(timeout=SWEEP_TIMEOUT_S)

@@ -1,0 +1,304 @@
+"""The analysis against real SQLite MLflow stores: one filled by a real tiny sweep, and ones filled
+through the MLflow client with values whose seed means, Pareto sets and collapse labels are known."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from analysis.__main__ import main
+from analysis.frontier import hypervolume, pareto_mask
+from conftest import PROJECT_ROOT
+from sweep import names
+
+FIGURES = ("frontier", "circuit_edges_vs_density", "capability_vs_nonzero_params", "collapse_indicators")
+T_975_1 = 12.706204736  # t quantile, 95% two-sided, one degree of freedom
+BIGRAM, UNIGRAM = 2.5, 3.4
+
+
+class Store:
+    """A real SQLite store with an experiment `frontier`, written through the MLflow client."""
+
+    def __init__(self, folder: Path):
+        self.db = folder / "mlflow.db"
+        self.uri = f"sqlite:///{self.db}"
+        self.client = MlflowClient(self.uri)
+        self.experiment = self.client.create_experiment("frontier", artifact_location=(folder / "artifacts").as_uri())
+        self.clock = 1_700_000_000_000
+
+    def _tick(self) -> int:
+        self.clock += 1000
+        return self.clock
+
+    def parent(self) -> str:
+        run = self.client.create_run(self.experiment, start_time=self._tick(), tags={names.TAG_KIND: names.KIND_PARENT})
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    def job(self, parent, width, density, seed=0, loss=None, tasks=None, status="finished", extra=None,
+            tags=None, config_hash=None, final="FINISHED") -> str:
+        """One job run; `tasks` maps a task to its edges (None: not solved)."""
+        run_tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_PARENT: parent, names.TAG_STATUS: status,
+                    names.TAG_CONFIG_HASH: config_hash or f"w{width}-d{density}-s{seed}", **(tags or {})}
+        run_id = self.client.create_run(self.experiment, start_time=self._tick(), tags=run_tags).info.run_id
+        params = {"model.width_mult": width, "model.base_width": 32, "sparsity.density": density, "seed": seed}
+        metrics = {}
+        if loss is not None:
+            metrics.update({names.CAPABILITY_VAL_LOSS: loss, names.CAPABILITY_BIGRAM: BIGRAM,
+                            names.CAPABILITY_UNIGRAM: UNIGRAM, names.MODEL_NONZERO_PARAMS: 1000 * width * density,
+                            names.COLLAPSE_DEAD_BY_WEIGHT: 0.0, names.COLLAPSE_DEAD_BY_ACTIVITY: 0.0,
+                            names.COLLAPSE_DEAD_LAYERS: 0.0})
+        if tasks is not None:
+            solved = [e for e in tasks.values() if e is not None]
+            metrics[names.EDGES_GEOMEAN] = math.exp(sum(map(math.log, solved)) / len(solved)) if solved else math.nan
+            metrics[names.TASKS_SOLVED_FRAC] = len(solved) / len(tasks)
+            for task, edges in {**tasks, "control": None}.items():
+                metrics[names.circuit_metric(task, "edges")] = math.nan if edges is None else edges
+                metrics[names.circuit_metric(task, "solved")] = float(edges is not None)
+        metrics.update(extra or {})
+        self.client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+                              params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.set_terminated(run_id, final)
+        return run_id
+
+
+def analyse(store: Store, out: Path, *args: str) -> int:
+    return main(["frontier", "--experiment", "frontier", "--tracking-uri", store.uri, "--out", str(out), *args])
+
+
+@pytest.fixture(scope="module")
+def constructed(tmp_path_factory):
+    """Two sweeps. Sweep 1: x1 at densities 1 (two seeds), 0.25, 0.06 and x2 at 1, 0.25, 0.06, 0.03,
+    plus a failed run, a skipped run, an older run of a seen config hash and a re-prune run.
+    Sweep 2 (newer): x4 at density 1."""
+    store = Store(tmp_path_factory.mktemp("constructed"))
+    p1 = store.parent()
+    store.job(p1, 2, 1, loss=9.9, tasks={"a": 1, "b": 1})  # older run of x2 d1: replaced by the newer one below
+    store.job(p1, 1, 1, seed=0, loss=1.8, tasks={"a": 1000, "b": 4000})
+    store.job(p1, 1, 1, seed=1, loss=2.0, tasks={"a": 4000, "b": 16000})
+    store.job(p1, 1, 0.25, loss=2.1, tasks={"a": 250, "b": 1000})
+    store.job(p1, 1, 0.06, loss=2.45, tasks={"a": 300, "b": None})  # near bigram; edges grew over task a
+    store.job(p1, 2, 1, loss=1.7, tasks={"a": 3000, "b": 12000})
+    store.job(p1, 2, 0.25, loss=1.85, tasks={"a": 400, "b": 1600})
+    x2_sparse = store.job(p1, 2, 0.06, loss=2.0, tasks={"a": 100, "b": 400})
+    store.job(p1, 2, 0.03, loss=2.2, tasks={"a": None, "b": None}, extra={names.COLLAPSE_DEAD_BY_WEIGHT: 0.4})
+    store.job(p1, 1, 0.5, loss=1.0, tasks={"a": 1, "b": 1}, status="failed: RuntimeError: boom", final="FAILED")
+    store.job(p1, 1, 0.5, status=f"skipped: duplicate of {x2_sparse}")
+    store.job(p1, 2, 0.06, loss=2.0, tasks={"a": 50, "b": 50}, config_hash="reprune-x2-d0.06",
+              tags={names.TAG_STAGE: "prune", names.TAG_TRAIN_RUN: x2_sparse})
+    p2 = store.parent()
+    store.job(p2, 4, 1, loss=1.5, tasks={"a": 20000, "b": 125000})
+    return store, p1, p2
+
+
+@pytest.fixture(scope="module")
+def analysed(constructed, tmp_path_factory):
+    store, p1, p2 = constructed
+    out = tmp_path_factory.mktemp("analysed")
+    assert analyse(store, out) == 0
+    return out, store, p1, p2
+
+
+def points_by_label(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "points.csv").set_index("point")
+
+
+def test_tables_hold_one_row_per_finished_job_and_per_job_and_task(analysed):
+    out, *_ = analysed
+    runs, tasks = pd.read_csv(out / "runs.csv"), pd.read_csv(out / "tasks.csv")
+    # failed, skipped, re-prune and the older run of a seen hash are left out
+    assert len(runs) == 9
+    assert 9.9 not in runs[names.CAPABILITY_VAL_LOSS].values and 1.0 not in runs[names.CAPABILITY_VAL_LOSS].values
+    assert set(runs["stage"]) == {"train"}
+    assert len(tasks) == 9 * 3 and set(tasks["task"]) == {"a", "b", "control"}
+    row = tasks[(tasks["model.width_mult"] == 1) & (tasks["sparsity.density"] == 0.06) & (tasks["task"] == "b")]
+    assert row["solved"].item() == 0 and math.isnan(row["edges"].item())
+
+
+def test_seeds_are_pooled_with_a_t_interval(analysed):
+    points = points_by_label(analysed[0])
+    dense = points.loc["x1 d1"]
+    assert dense["n_seeds"] == 2 and dense["val_loss"] == pytest.approx(1.9)
+    assert dense["val_loss_ci"] == pytest.approx(T_975_1 * 0.1)  # sd 0.1414 / sqrt(2) = 0.1
+    assert dense["edges"] == pytest.approx(4000)  # geometric mean of the runs' 2000 and 8000
+    assert dense["edges_low"] < 4000 < dense["edges_high"]
+    assert points.loc["x2 d1", "val_loss"] == pytest.approx(1.7) and math.isnan(points.loc["x2 d1", "val_loss_ci"])
+    assert points.loc["x2 d1", "d_model"] == 64
+
+
+def test_frontier_overall_and_per_width(analysed):
+    frontier = pd.read_csv(analysed[0] / "frontier.csv")
+    by_scope = {scope: set(group["point"]) for scope, group in frontier.groupby("scope")}
+    assert by_scope == {"overall": {"x4 d1", "x2 d1", "x2 d0.25", "x2 d0.06"},
+                        "x1": {"x1 d1", "x1 d0.25", "x1 d0.06"},
+                        "x2": {"x2 d1", "x2 d0.25", "x2 d0.06"},  # x2 d0.03 has no circuit
+                        "x4": {"x4 d1"}}
+    assert {"regime", "rule"} <= set(frontier.columns)
+
+
+def test_collapse_labels_carry_the_rule_that_fired(analysed):
+    points = points_by_label(analysed[0])
+    collapsed = set(points.index[points["regime"] == "collapse"])
+    assert collapsed == {"x1 d0.06", "x2 d0.03"}
+    x1_sparse, x2_sparse = points.loc["x1 d0.06", "rule"], points.loc["x2 d0.03", "rule"]
+    assert "near_reference" in x1_sparse and "not_shrinking" in x1_sparse  # 2.45 >= 2.5 - 0.15; 300 >= 250 on task a
+    assert "dead_units" in x2_sparse and "lost_tasks" in x2_sparse and "near_reference" not in x2_sparse
+    assert points.loc["x1 d0.06", "shrink_ratio"] == pytest.approx(300 / 250)
+    assert points.loc["x1 d0.25", "shrink_ratio"] == pytest.approx(500 / 4000)
+    assert points.loc["x1 d1", "rule"] == "no indicator fired"
+
+
+def test_hypervolume_per_width_against_the_fixed_reference(analysed):
+    table = pd.read_csv(analysed[0] / "hypervolume.csv").set_index("scope")
+    assert table.loc["x4", "hypervolume"] == pytest.approx((3.5 - 1.5) * (6 - math.log10(50000)))
+    assert set(table.index) == {"overall", "x1", "x2", "x4"}
+    assert table.loc["overall", "hypervolume"] >= table["hypervolume"].drop("overall").max()
+
+
+def test_hypervolume_and_pareto_by_hand():
+    # log10 edges: (1, 1), (2, 0) against (3, 3): 1 x 2 + 1 x 3; the dominated (2.5, 100) adds nothing
+    assert hypervolume([1, 2, 2.5], [10, 1, 100], reference=(3, 1000)) == pytest.approx(5)
+    assert list(pareto_mask([1, 2, 2.5, 1, float("nan")], [10, 1, 100, 10, 1])) == [True, True, False, True, False]
+
+
+def test_every_file_is_written_and_logged_to_the_newest_parent(analysed):
+    out, store, _, p2 = analysed
+    for name in FIGURES:
+        for suffix in ("pdf", "png"):
+            assert (out / f"{name}.{suffix}").stat().st_size > 1000
+    assert b"/FontFile2" in (out / "frontier.pdf").read_bytes()  # TrueType embedded, not Type 3
+    tex = (out / "frontier.tex").read_text()
+    assert r"\begin{tabular}" in tex and "x2 (64)" in tex and "collapse" in tex
+    logged = {Path(f.path).name for f in store.client.list_artifacts(p2, "frontier")}
+    assert {"frontier.pdf", "frontier.png", "frontier.csv", "runs.csv", "tasks.csv", "frontier.tex"} <= logged
+
+
+def test_parent_restricts_to_one_sweep_and_stage_prune_uses_reprunes(constructed, tmp_path):
+    store, p1, _ = constructed
+    assert analyse(store, tmp_path / "p1", "--parent", p1, "--no-log") == 0
+    assert "x4 d1" not in points_by_label(tmp_path / "p1").index
+    assert analyse(store, tmp_path / "prune", "--stage", "prune", "--no-log") == 0
+    points = points_by_label(tmp_path / "prune")
+    assert list(points.index) == ["x2 d0.06"] and points["edges"].item() == pytest.approx(50)
+
+
+def test_common_tasks_restricts_the_geomean(constructed, tmp_path):
+    store, *_ = constructed
+    assert analyse(store, tmp_path, "--common-tasks", "--no-log") == 0
+    points = points_by_label(tmp_path)  # task a is the only one every point with a circuit solved
+    assert points.loc["x1 d1", "edges"] == pytest.approx(2000)
+    assert points.loc["x4 d1", "edges"] == pytest.approx(20000)
+    assert points.loc["x2 d0.06", "edges"] == pytest.approx(100)
+
+
+def test_figures_rebuild_offline_from_the_csv_tables(analysed, tmp_path):
+    out = analysed[0]
+    assert main(["frontier", "--from-csv", str(out), "--out", str(tmp_path)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "frontier.csv"), pd.read_csv(tmp_path / "frontier.csv"))
+    assert all((tmp_path / f"{name}.png").stat().st_size > 1000 for name in FIGURES)
+
+
+def test_collapse_thresholds_are_configurable(constructed, tmp_path, capsys):
+    store, *_ = constructed
+    assert analyse(store, tmp_path, "--no-log", "--collapse", "ref_margin=off", "--collapse", "shrink_ratio=off") == 0
+    points = points_by_label(tmp_path)
+    assert points.loc["x1 d0.06", "regime"] == "normal" and points.loc["x2 d0.03", "regime"] == "collapse"
+    assert analyse(store, tmp_path, "--collapse", "dead=0.5") == 2
+    assert "KEY one of" in capsys.readouterr().err
+
+
+def test_runs_without_circuits_or_losses_still_give_tables_and_figures(tmp_path, capsys):
+    store = Store(tmp_path)
+    parent = store.parent()
+    store.job(parent, 1, 1, loss=1.8)  # pruning disabled: no circuit metrics
+    store.job(parent, 1, 0.25, loss=2.45)  # a single width, a single seed, near the bigram loss
+    store.job(parent, 1, 0.06)  # an older run without capability/val_loss
+    assert analyse(store, tmp_path / "out") == 0
+    printed = capsys.readouterr().out
+    assert "lack capability/val_loss" in printed and "no circuit metrics" in printed
+    assert len(pd.read_csv(tmp_path / "out" / "frontier.csv")) == 0
+    assert all((tmp_path / "out" / f"{name}.pdf").stat().st_size > 1000 for name in FIGURES)
+    assert points_by_label(tmp_path / "out").loc["x1 d0.25", "regime"] == "collapse"
+
+
+def test_every_point_collapsed(tmp_path):
+    store = Store(tmp_path)
+    parent = store.parent()
+    store.job(parent, 1, 1, loss=3.3, tasks={"a": 10})
+    store.job(parent, 1, 0.5, loss=3.4, tasks={"a": None})
+    assert analyse(store, tmp_path / "out") == 0
+    assert set(points_by_label(tmp_path / "out")["regime"]) == {"collapse"}
+    assert (tmp_path / "out" / "frontier.png").stat().st_size > 1000
+
+
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    out = str(tmp_path / "out")
+    assert main(["frontier", "--experiment", "frontier", "--tracking-uri", f"sqlite:///{missing}", "--out", out]) == 2
+    assert f"no MLflow store at {missing}" in capsys.readouterr().err and not missing.exists()
+
+    store = Store(tmp_path)
+    assert analyse(store, tmp_path / "out", "--experiment", "nope") == 2
+    err = capsys.readouterr().err
+    assert "no experiment 'nope'" in err and "frontier" in err.split("experiments there:")[1]
+    parent = store.parent()
+    store.job(parent, 1, 1, loss=1.0, status="failed: RuntimeError: boom", final="FAILED")
+    assert analyse(store, tmp_path / "out") == 2
+    assert "no finished train job runs in experiment 'frontier' (1 failed)" in capsys.readouterr().err
+
+    assert main(["frontier", "--from-csv", str(tmp_path / "empty"), "--out", out]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_unreachable_server_and_missing_store_from_the_command_line(tmp_path):
+    """The real entry point: one line, exit status 2, no traceback, no store created."""
+    for uri in ("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'missing.db'}"):
+        result = subprocess.run([sys.executable, "-m", "analysis", "frontier", "--experiment", "frontier",
+                                 "--tracking-uri", uri, "--out", str(tmp_path / "out")],
+                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_real_tiny_sweep(sweep, tmp_path):
+    """2 widths x 2 densities through `python -m sweep -m`, then `python -m analysis frontier`."""
+    result = sweep.run("model.width_mult=1,2", "sparsity.density=1,0.5", "prune.target_loss=1.5",
+                       "tasks.names=[else_elif,lambda_func]", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "figures"
+    cmd = [sys.executable, "-m", "analysis", "frontier", "--experiment", "frontier", "--tracking-uri", sweep.uri,
+           "--out", str(out)]
+    analysed = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert analysed.returncode == 0, analysed.stderr[-3000:]
+    assert f"wrote 14 files to {out}" in analysed.stdout and "logged them to parent run" in analysed.stdout
+
+    runs, tasks = pd.read_csv(out / "runs.csv"), pd.read_csv(out / "tasks.csv")
+    assert sorted(zip(runs["model.width_mult"], runs["sparsity.density"])) == [(1, 0.5), (1, 1), (2, 0.5), (2, 1)]
+    assert runs[names.CAPABILITY_VAL_LOSS].notna().all() and runs[names.TASKS_SOLVED_FRAC].notna().all()
+    assert len(tasks) == 4 * 3 and set(tasks["task"]) == {"else_elif", "lambda_func", "control"}
+    frontier = pd.read_csv(out / "frontier.csv")
+    assert set(frontier["regime"]) <= {"normal", "collapse"} and frontier["rule"].notna().all()
+    for name in FIGURES:
+        assert (out / f"{name}.pdf").stat().st_size > 1000 and (out / f"{name}.png").stat().st_size > 1000
+    (parent,) = [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_PARENT]
+    logged = {Path(f.path).name for f in sweep.client.list_artifacts(parent.info.run_id, "frontier")}
+    assert "frontier.png" in logged and "tasks.csv" in logged
+
+
+def test_the_analysis_loads_no_training_code():
+    """Only the contract's names (and the `sweep` package's light __init__); never torch or a training stage."""
+    code = "import sys, analysis.report; print(' '.join(sorted(m for m in sys.modules if m == 'torch' or m.startswith('sweep.'))))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    loaded = set(result.stdout.split())
+    assert "sweep.names" in loaded
+    assert not loaded & {"torch", "sweep.model", "sweep.train", "sweep.prune", "sweep.job", "sweep.data", "sweep.circuit"}
