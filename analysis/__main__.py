@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
                         "shrink_ratio; a number or off")
     p.add_argument("--hv-ref", nargs=2, type=float, default=HV_REFERENCE, metavar=("LOSS", "EDGES"),
                    help=f"hypervolume reference point (default {HV_REFERENCE[0]:g} nats/byte, {HV_REFERENCE[1]:g} edges)")
+    p.add_argument("--no-figures", action="store_true", help="tables only (quick, e.g. while trying collapse thresholds)")
     p.add_argument("--no-log", action="store_true", help="do not log the results to the sweep's parent run")
     return top
 
@@ -50,13 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         rule = CollapseRule.parse(args.collapse)
         options = Options(out=args.out, experiment=args.experiment, tracking_uri=args.tracking_uri, parent=args.parent,
                           stage=args.stage, from_csv=args.from_csv, common_tasks=args.common_tasks, rule=rule,
-                          hv_reference=check_reference(tuple(args.hv_ref)), log=not args.no_log)
+                          hv_reference=check_reference(tuple(args.hv_ref)), figures=not args.no_figures,
+                          log=not args.no_log)
         result = analyse(options)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except MlflowException as e:  # the store went away mid-way, or refused a write
         print(f"error: MLflow: {str(e).strip().splitlines()[0][:300]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # --out not writable, or a file where the folder should be
+        print(f"error: cannot write the results: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(summary(result, rule))
     return 0

@@ -27,6 +27,7 @@ ONE_COLUMN, TWO_COLUMNS = 3.4, 7.0  # inches: one and two columns of a two-colum
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 SHADE = "#BBBBBB"
+PNG_DPI = 200  # the PDF is the paper's copy; the PNG is for looking
 STYLE = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8,
          "legend.fontsize": 7, "legend.handlelength": 1.6, "legend.columnspacing": 1.0, "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False,
          "axes.spines.right": False, "lines.linewidth": 1.2, "lines.markersize": 4.5, "legend.frameon": False,
@@ -46,7 +47,7 @@ def save(fig: Figure, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.pdf", out / f"{name}.png"]
     fig.savefig(paths[0])
     fig.set_layout_engine("none")  # laid out once for the PDF; the PNG keeps those positions
-    fig.savefig(paths[1])
+    fig.savefig(paths[1], dpi=PNG_DPI)
     return paths
 
 
@@ -85,6 +86,13 @@ def add_legend(fig: Figure, handles: list, width: float, where: str = "lower") -
     """Outside the axes, as many columns as fit the figure's width (7 pt text is about 0.055 in a character)."""
     entry = 0.45 + 0.055 * max(len(h.get_label()) for h in handles)
     fig.legend(handles=handles, loc=f"outside {where} center", ncol=max(1, min(len(handles), int(0.95 * width / entry))))
+
+
+def log_y(ax, values: pd.Series) -> None:
+    """A log y axis; a single value gets a decade of room (matplotlib cannot scale a zero range)."""
+    if values.nunique() == 1:
+        ax.set_ylim(values.iloc[0] / 3, values.iloc[0] * 3)
+    ax.set_yscale("log")
 
 
 def density_ticks(ax, points: pd.DataFrame) -> None:
@@ -184,7 +192,7 @@ def frontier_figure(points: pd.DataFrame, rule: CollapseRule, out: Path, edges_l
             ax.plot(overall["val_loss"], overall["edges"], color="black", ls="--", lw=0.8, zorder=1)
             extra.append(Line2D([], [], color="black", ls="--", lw=0.8, label="overall frontier"))
         if len(placed):
-            ax.set_yscale("log")
+            log_y(ax, placed["edges"])
         elif points["pruned"].any():
             message(ax, "no point has a circuit: no task reached the\npruning target (see the strip above)")
         else:
@@ -264,7 +272,7 @@ def _edges_panel(ax, data: pd.DataFrame, styles: dict) -> None:
         ax.plot(group["density"], group["edges"], color=colour, zorder=2)
         draw_points(ax, group["density"], group["edges"], group, colour, marker)
     if len(solved):
-        ax.set_yscale("log")
+        log_y(ax, solved["edges"])
     unsolved = data[data["n_solved"] == 0]
     rows = {s: i for i, s in enumerate(styles)}  # one height per width, so the crosses do not cover each other
     for series, group in unsolved.groupby("series"):
@@ -301,16 +309,16 @@ def capability_figure(points: pd.DataFrame, out: Path) -> list[Path]:
 def indicators_figure(points: pd.DataFrame, rule: CollapseRule, out: Path) -> list[Path]:
     """The collapse indicators against density, each with its threshold (dotted) from the rule."""
     styles = series_styles(points)
-    panels = [("solved_frac", "tasks solved\n(fraction)", rule.solved_frac, False),
-              ("bigram_gap", "loss \u2212 bigram loss\n(nats/byte)", None if rule.ref_margin is None else -rule.ref_margin, False),
-              ("dead", "dead units\n(fraction)", rule.dead_frac, False),
-              ("shrink_ratio", "edges \u00f7 edges of the\nnext denser point (ratio)", rule.shrink_ratio, False)]
+    panels = [("solved_frac", "tasks solved\n(fraction)", rule.solved_frac),
+              ("bigram_gap", "loss \u2212 bigram loss\n(nats/byte)", None if rule.ref_margin is None else -rule.ref_margin),
+              ("dead", "dead units\n(fraction)", rule.dead_frac),
+              ("shrink_ratio", "edges \u00f7 edges of the\nnext denser point (ratio)", rule.shrink_ratio)]
     with paper_style():
         fig = Figure(figsize=(TWO_COLUMNS, 4.4), layout="constrained")
         axes = fig.subplots(2, 2, sharex=True).ravel()
-        for ax, (column, label, threshold, log) in zip(axes, panels):
+        for ax, (column, label, threshold) in zip(axes, panels):
             ax.set_xscale("log")
-            drawn = _indicator_panel(ax, points, column, styles, log)
+            drawn = _indicator_panel(ax, points, column, styles)
             density_ticks(ax, points)
             if not drawn:
                 message(ax, "not logged in these runs" if column != "shrink_ratio"
@@ -329,7 +337,7 @@ def indicators_figure(points: pd.DataFrame, rule: CollapseRule, out: Path) -> li
         return save(fig, out, "collapse_indicators")
 
 
-def _indicator_panel(ax, points: pd.DataFrame, column: str, styles: dict, log: bool) -> bool:
+def _indicator_panel(ax, points: pd.DataFrame, column: str, styles: dict) -> bool:
     """Draw one indicator; False if no point has it."""
     columns = [("dead_by_weight", "-"), ("dead_by_activity", "--")] if column == "dead" else [(column, "-")]
     drawn = False
@@ -341,8 +349,6 @@ def _indicator_panel(ax, points: pd.DataFrame, column: str, styles: dict, log: b
             ax.plot(group["density"], group[name], color=colour, ls=style, zorder=2)
             draw_points(ax, group["density"], group[name], group, colour, marker)
             drawn = True
-    if drawn and log:
-        ax.set_yscale("log")
     return drawn
 
 

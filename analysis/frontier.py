@@ -66,6 +66,8 @@ def geo_mean_ci(values) -> tuple[float, float, float]:
     """Geometric mean and its interval (low, high), computed on the log scale."""
     v = [x for x in values if np.isfinite(x) and x > 0]
     mean, half = mean_ci(np.log(v))
+    if v and min(v) == max(v):
+        return v[0], math.exp(mean - half), math.exp(mean + half)  # exactly, not exp(log(x)) ~ x
     return math.exp(mean) if v else math.nan, math.exp(mean - half), math.exp(mean + half)
 
 

@@ -29,6 +29,7 @@ class Options:
     common_tasks: bool = False
     rule: CollapseRule = field(default_factory=CollapseRule)
     hv_reference: tuple[float, float] = HV_REFERENCE
+    figures: bool = True
     log: bool = True
 
 
@@ -80,7 +81,8 @@ def analyse(options: Options) -> Result:
     edges, edges_label, common_note = circuit_sizes(runs, tasks, options.common_tasks)
     if common_note:
         notes.append(common_note)
-    points = label_points(aggregate_points(runs, edges), task_points(runs, tasks), options.rule)
+    per_task = task_points(runs, tasks)
+    points = label_points(aggregate_points(runs, edges), per_task, options.rule)
     if not points["pruned"].any():
         notes.append("no circuit metrics in these runs (pruning disabled, or older runs): no frontier, only capability")
     frontier = frontier_table(points)
@@ -93,7 +95,8 @@ def analyse(options: Options) -> Result:
         files.append(out / name)
     (out / "frontier.tex").write_text(latex.frontier_tex(frontier, hypervolumes, common_note))
     files.append(out / "frontier.tex")
-    files += figures.write_all(points, task_points(runs, tasks), options.rule, out, edges_label, common_note)
+    if options.figures:
+        files += figures.write_all(points, per_task, options.rule, out, edges_label, common_note)
 
     result = Result(files, points, frontier, hypervolumes, notes, parent_run_id)
     if options.log and client is not None and parent_run_id is not None:
@@ -112,12 +115,17 @@ def summary(result: Result, rule: CollapseRule) -> str:
     if len(overall):
         lines.append("overall frontier (loss nats/byte, edges):")
         lines += [f"  {p['point']:<14} {p['val_loss']:.3f}  {p['edges']:>9,.0f}  {p['regime']}" for _, p in overall.iterrows()]
-    lines.append("hypervolume: " + ", ".join(f"{r['scope']} {r['hypervolume']:.3f}" for _, r in result.hypervolumes.iterrows()))
+    hv = result.hypervolumes
+    lines.append(f"hypervolume (nats/byte x decades of edges, reference {hv['ref_val_loss'].iloc[0]:g} nats/byte, "
+                 f"{hv['ref_edges'].iloc[0]:g} edges): " + ", ".join(
+                     f"{r['scope']} {r['hypervolume']:.3f}" if r["n_points"] else f"{r['scope']} n/a (no circuit)"
+                     for _, r in hv.iterrows()))
     collapsed = points[points["regime"] == COLLAPSE]
     lines.append(f"collapse: {len(collapsed)} of {len(points)} points" + "".join(
         f"\n  {p['point']:<14} {p['rule']}" for _, p in collapsed.iterrows()))
     out = result.files[0].parent
-    lines.append(f"wrote {len(result.files)} files to {out.resolve()}/ (frontier.png, frontier.pdf, frontier.csv, frontier.tex, ...)")
+    shown = ", ".join(p.name for p in result.files if p.name.startswith("frontier."))
+    lines.append(f"wrote {len(result.files)} files to {out.resolve()}/ ({shown}, ...)")
     if result.artifact_uri:
         lines.append(f"logged them to parent run {result.parent_run_id}: {result.artifact_uri}")
     elif result.parent_run_id is None and "rebuilt" not in " ".join(result.notes):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from omegaconf import DictConfig
 
 from sweep import names
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started, work_started
-from sweep.job import JobOutcome, run_job
+from sweep.job import JobOutcome, Terminated, run_job
 from sweep.points import describe_point
 from sweep.tracking import PROJECT_ROOT
 
@@ -38,6 +39,10 @@ def hydra_job(cfg: DictConfig) -> dict:
         if not multirun:
             raise
         outcome = JobOutcome(f"invalid: {e}")
+    except Terminated:
+        if multirun:  # a worker process (joblib, SLURM): its run is closed; exit, never take another job
+            os._exit(128 + signal.SIGTERM)
+        raise
     except Exception as e:  # noqa: BLE001 - one failing job must not stop the others
         if not multirun:
             raise

@@ -47,11 +47,19 @@ def build_model(cfg: DictConfig) -> GPT:
     return GPT(ModelShape.from_config(cfg.model, VOCAB_SIZE[cfg.data.tokenizer]))
 
 
+class Terminated(SystemExit):
+    """SIGTERM in a job's own process: raised through the job, so its run closes as failed."""
+
+
+def _raise_terminated(signum, _frame) -> None:
+    raise Terminated(f"killed by signal {signum}")
+
+
 def exit_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit so a killed job still closes its run as failed. A job that runs
+    """Turn SIGTERM into `Terminated` so a killed job still closes its run as failed. A job that runs
     inside the sweep's own process keeps the sweep's handler, which raises SystemExit too."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(f"killed by signal {signum}"))
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar_position: int = 0) -> JobOutcome:

@@ -60,6 +60,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         # submitit's handler only logs it (and exit_on_sigterm keeps a handler that is already set)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         exit_on_sigterm()
+        signal.signal(signal.SIGTERM, outside_store_calls(signal.getsignal(signal.SIGTERM)))
         name_time_limit()
         Singleton.set_state(singleton_state)
         setup_globals()
@@ -174,7 +175,33 @@ def name_time_limit() -> None:
         except UncompletedJobError as e:
             raise TimeoutError(f"SLURM time limit reached: {e}") from None
 
-    signal.signal(signal.SIGUSR2, on_time_limit)
+    signal.signal(signal.SIGUSR2, outside_store_calls(on_time_limit))
+
+
+# An exception raised by a signal handler inside one of these leaves the SQLite transaction open: the job
+# then cannot close its run ("database is locked").
+STORE_CODE = (f"{os.sep}mlflow{os.sep}", f"{os.sep}sqlalchemy{os.sep}", f"{os.sep}sqlite3{os.sep}")
+RETRY_SIGNAL_S = 0.2
+
+
+def outside_store_calls(handler):
+    """Wrap a signal handler that raises so that it never interrupts a write to the MLflow store: while the
+    main thread is inside MLflow or SQLAlchemy code, the signal is sent again RETRY_SIGNAL_S later."""
+    if not callable(handler):
+        return handler
+
+    def wrapper(signum, frame):
+        inner = frame
+        while inner is not None:
+            if any(part in inner.f_code.co_filename for part in STORE_CODE):
+                retry = threading.Timer(RETRY_SIGNAL_S, os.kill, (os.getpid(), signum))
+                retry.daemon = True
+                retry.start()
+                return
+            inner = inner.f_back
+        handler(signum, frame)
+
+    return wrapper
 
 
 def close_running_runs(config: DictConfig, status: str) -> None:

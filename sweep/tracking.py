@@ -155,10 +155,14 @@ class JobRun:
         self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         self.flush_every = cfg.tracking.flush_every
         self._pending: list[Metric] = []
-        params = [Param(k, str(v)) for k, v in flatten(cfg).items()]
-        for i in range(0, len(params), MLFLOW_PARAM_BATCH_LIMIT):
-            self.client.log_batch(self.run_id, params=params[i:i + MLFLOW_PARAM_BATCH_LIMIT])
-        self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), names.ARTIFACT_CONFIG)
+        try:  # a signal can arrive while the run is being set up: it must not stay RUNNING
+            params = [Param(k, str(v)) for k, v in flatten(cfg).items()]
+            for i in range(0, len(params), MLFLOW_PARAM_BATCH_LIMIT):
+                self.client.log_batch(self.run_id, params=params[i:i + MLFLOW_PARAM_BATCH_LIMIT])
+            self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), names.ARTIFACT_CONFIG)
+        except BaseException as e:
+            self.end(f"failed: {type(e).__name__}: {e}"[:500])
+            raise
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)

@@ -182,16 +182,16 @@ def test_every_file_is_written_and_logged_to_the_newest_parent(analysed):
 
 def test_parent_restricts_to_one_sweep_and_stage_prune_uses_reprunes(constructed, tmp_path):
     store, p1, _ = constructed
-    assert analyse(store, tmp_path / "p1", "--parent", p1, "--no-log") == 0
+    assert analyse(store, tmp_path / "p1", "--parent", p1, "--no-log", "--no-figures") == 0
     assert "x4 d1" not in points_by_label(tmp_path / "p1").index
-    assert analyse(store, tmp_path / "prune", "--stage", "prune", "--no-log") == 0
+    assert analyse(store, tmp_path / "prune", "--stage", "prune", "--no-log", "--no-figures") == 0
     points = points_by_label(tmp_path / "prune")
     assert list(points.index) == ["x2 d0.06"] and points["edges"].item() == pytest.approx(50)
 
 
 def test_common_tasks_restricts_the_geomean(constructed, tmp_path):
     store, *_ = constructed
-    assert analyse(store, tmp_path, "--common-tasks", "--no-log") == 0
+    assert analyse(store, tmp_path, "--common-tasks", "--no-log", "--no-figures") == 0
     points = points_by_label(tmp_path)  # task a is the only one every point with a circuit solved
     assert points.loc["x1 d1", "edges"] == pytest.approx(2000)
     assert points.loc["x4 d1", "edges"] == pytest.approx(20000)
@@ -207,7 +207,8 @@ def test_figures_rebuild_offline_from_the_csv_tables(analysed, tmp_path):
 
 def test_collapse_thresholds_are_configurable(constructed, tmp_path, capsys):
     store, *_ = constructed
-    assert analyse(store, tmp_path, "--no-log", "--collapse", "ref_margin=off", "--collapse", "shrink_ratio=off") == 0
+    assert analyse(store, tmp_path, "--no-log", "--no-figures", "--collapse", "ref_margin=off",
+                   "--collapse", "shrink_ratio=off") == 0
     points = points_by_label(tmp_path)
     assert points.loc["x1 d0.06", "regime"] == "normal" and points.loc["x2 d0.03", "regime"] == "collapse"
     assert analyse(store, tmp_path, "--collapse", "dead=0.5") == 2
@@ -255,18 +256,19 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
 
     assert main(["frontier", "--from-csv", str(tmp_path / "empty"), "--out", out]) == 2
     assert "missing" in capsys.readouterr().err
+    store.job(parent, 1, 1, loss=1.8)
+    assert analyse(store, store.db) == 2  # --out is a file
+    assert "cannot write the results" in capsys.readouterr().err
 
 
-def test_unreachable_server_and_missing_store_from_the_command_line(tmp_path):
-    """The real entry point: one line, exit status 2, no traceback, no store created."""
-    for uri in ("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'missing.db'}"):
-        result = subprocess.run([sys.executable, "-m", "analysis", "frontier", "--experiment", "frontier",
-                                 "--tracking-uri", uri, "--out", str(tmp_path / "out")],
-                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2, result.stderr
-        assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")
-        assert len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "missing.db").exists()
+def test_unreachable_server_from_the_command_line(tmp_path):
+    """The real entry point: one line, exit status 2, no traceback (port 9, discard: nothing listens)."""
+    result = subprocess.run([sys.executable, "-m", "analysis", "frontier", "--experiment", "frontier",
+                             "--tracking-uri", "http://127.0.0.1:9", "--out", str(tmp_path / "out")],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: cannot read the MLflow store at http://127.0.0.1:9")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_real_tiny_sweep(sweep, tmp_path):

@@ -47,6 +47,7 @@ def test_a_killed_sweep_resumes_with_only_the_missing_points(sweep, n_jobs):
     assert 1 <= len(done_before) < 4
     killed = [r for r in runs if r.info.status == "FAILED" and r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
     assert all(r.data.tags[names.TAG_STATUS].startswith("failed: ") for r in killed)
+    assert len(killed) <= n_jobs, "a worker took another job after the signal"
 
     again = sweep.run(*grid, multirun=True)
     assert again.returncode == 0, again.stderr[-3000:]
