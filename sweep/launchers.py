@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from hydra.core.plugins import Plugins
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
@@ -37,8 +36,7 @@ from sweep.job import JobOutcome, exit_on_sigterm
 from sweep.points import describe_point
 from sweep.tracking import config_hash
 
-# Hydra instantiates launchers only from the `hydra_plugins` package, by name: slurm.yaml's `_target_` is
-# this name, and importing this module registers the class below under it (see `register`).
+# Hydra instantiates launchers only from the `hydra_plugins` package: slurm.yaml's `_target_`.
 LAUNCHER_TARGET = "hydra_plugins.sparsity_sweep.SlurmLauncher"
 # SLURM states of a job that ended without running to its end: no result will come.
 KILLED_STATES = {"CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -295,10 +293,3 @@ def _warn_without_accounting() -> None:
         print("warning: sacct does not work on this cluster (no SLURM accounting?): a job cancelled or past its "
               "time limit would leave the sweep waiting for it", file=sys.stderr)
 
-
-def register() -> None:
-    """Make LAUNCHER_TARGET instantiable: Hydra looks plugins up by name in this table."""
-    Plugins.instance().class_name_to_class[LAUNCHER_TARGET] = SlurmLauncher
-
-
-register()

@@ -7,7 +7,7 @@ job logs its own MLflow child run under the sweep's parent run), and tells optun
 The study lives in an RDB storage, so a rerun resumes it; at the end its Pareto set is written out.
 
 Hydra instantiates sweepers only from the `hydra_plugins` namespace: the class Hydra sees is
-`hydra_plugins.sparsity_sweep_optuna.OptunaSweeper`, a subclass of the one here.
+`hydra_plugins.sparsity_sweep.OptunaSweeper`, a subclass of the one here.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from sweep.validate import validate
 if TYPE_CHECKING:  # optuna is imported on use: every Hydra start-up imports this module (plugin scan)
     import optuna
 
-TARGET = "hydra_plugins.sparsity_sweep_optuna.OptunaSweeper"  # `_target_` of conf/hydra/sweeper/optuna.yaml
+TARGET = "hydra_plugins.sparsity_sweep.OptunaSweeper"  # `_target_` of conf/hydra/sweeper/optuna.yaml
 OBJECTIVES = (names.CAPABILITY_VAL_LOSS, names.EDGES_GEOMEAN)
 RESULT_KEYS = ("val_loss", "edges_geomean")  # the same two values in a job's result (JobOutcome)
 DIRECTIONS = ("minimize", "maximize")

@@ -130,7 +130,7 @@ def test_killed_job_ends_failed_not_running(sweep):
     assert process.returncode != 0
     (job,) = sweep.runs()
     assert job.info.status == "FAILED", stderr[-2000:]
-    assert job.data.tags[names.TAG_STATUS].startswith("failed: SystemExit: killed by signal 15")
+    assert job.data.tags[names.TAG_STATUS].startswith("failed: Terminated: killed by signal 15")
 
 
 def test_a_crashing_job_does_not_stop_the_others(sweep):

@@ -1,0 +1,15 @@
+"""Hydra instantiates sweepers and launchers only from the `hydra_plugins` namespace: ours, defined in sweep/."""
+
+from sweep import launchers, search, sweepers
+
+
+class GridSweeper(sweepers.GridSweeper):
+    """The grid sweeper with resume (conf/hydra/sweeper/grid.yaml)."""
+
+
+class OptunaSweeper(search.OptunaSweeper):
+    """The Optuna frontier search (conf/hydra/sweeper/optuna.yaml)."""
+
+
+class SlurmLauncher(launchers.SlurmLauncher):
+    """SLURM through submitit, with failed jobs recorded instead of raised (conf/hydra/launcher/slurm.yaml)."""
