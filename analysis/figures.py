@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from analysis.collapse import COLLAPSE, CollapseRule
 from analysis.frontier import CONTROL_TASK, pareto_mask
@@ -93,6 +93,8 @@ def log_y(ax, values: pd.Series) -> None:
     if values.nunique() == 1:
         ax.set_ylim(values.iloc[0] / 3, values.iloc[0] * 3)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))  # 1,000 not 10^3
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def density_ticks(ax, points: pd.DataFrame) -> None:
@@ -250,6 +252,7 @@ def edges_by_task_figure(points: pd.DataFrame, per_task: pd.DataFrame, out: Path
             ax.set_title("nonsense control" if panel == CONTROL_TASK else panel)
             if not len(data):
                 message(ax, "no circuit metrics\n(pruning disabled or older runs)")
+                ax.set_yticks([])
             elif not (data["n_solved"] > 0).any():
                 message(ax, "not solved at any point")
                 ax.set_yticks([])
