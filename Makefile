@@ -18,10 +18,10 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: help install sweep search reprune frontier test test-slow test-slurm ui clean
+.PHONY: help install sweep search reprune frontier task-losses test test-slow test-slurm ui clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(INSTALLED) ## create .venv and install the locked dependencies
 
@@ -38,6 +38,9 @@ reprune: $(INSTALLED) ## prune again: RUN=<run id> or EXPERIMENT=<name> (all its
 # EXPERIMENT has no global default: `make reprune` tells RUN from EXPERIMENT by whether it is set.
 frontier: $(INSTALLED) ## frontier tables and figures of EXPERIMENT (default frontier) into figures/, logged to its sweep; options in ARGS
 	$(BIN)/python -m analysis frontier --experiment $(or $(EXPERIMENT),frontier) --out figures $(ARGS)
+
+task-losses: $(INSTALLED) ## full-model loss of every task on every checkpoint of EXPERIMENT (default frontier): the quick suite's calibration
+	$(BIN)/python -m sweep.task_losses --experiment $(or $(EXPERIMENT),frontier) --tracking-uri $(STORE)
 
 test: $(INSTALLED) ## run the tests (a few minutes on 2 cores)
 	$(BIN)/python -m pytest -q $(ARGS)

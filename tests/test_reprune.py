@@ -94,3 +94,17 @@ def test_reprune_an_unknown_experiment(trained):
     result = reprune(sweep, "--experiment", "nope", "prune.ablation=zero")
     assert result.returncode == 2 and "EXPERIMENT='nope'" in result.stderr and "frontier" in result.stderr
     assert hashlib.sha256(sweep.db.read_bytes()).hexdigest() == before
+
+
+def test_task_loss_table_of_an_experiment(trained):
+    sweep, _ = trained
+    cmd = [sys.executable, "-m", "sweep.task_losses", "--tracking-uri", sweep.uri, "--tasks", "else_elif,lambda_func"]
+    result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, _, *rows = result.stdout.strip().splitlines()
+    assert header == "| task | w1d0.5s0 |"
+    assert [row.split("|")[1].strip() for row in rows] == ["else_elif", "lambda_func"]
+    assert all(0 < float(row.split("|")[2]) < 20 for row in rows)
+    missing = subprocess.run([*cmd[:3], "--experiment", "nope", *cmd[3:]], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode == 2 and "--experiment='nope'" in missing.stderr
