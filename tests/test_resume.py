@@ -29,6 +29,7 @@ def wait_for(condition, timeout_s: float = 300.0) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_jobs", [2, 1], ids=["worker-processes", "in-process"])
 def test_a_killed_sweep_resumes_with_only_the_missing_points(sweep, n_jobs):
     grid = [*GRID, f"hydra.launcher.n_jobs={n_jobs}"]

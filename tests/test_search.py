@@ -42,6 +42,7 @@ def non_dominated(runs) -> set[str]:
             if not any(all(q_ <= p_ for q_, p_ in zip(q, p)) and q != p for q in points.values())}
 
 
+@pytest.mark.slow
 def test_study_runs_resumes_reports_a_pareto_set_and_refuses_another_space(sweep):
     storage = f"sqlite:///{sweep.tmp / 'optuna.db'}"
 
