@@ -10,7 +10,8 @@ GRID ?= quick
 ARGS ?=
 PORT ?= 5000
 STORE := sqlite:///$(CURDIR)/mlflow.db
-# An MLflow tracking server for sweep and search (http://host:5000); empty: the local store mlflow.db.
+# An MLflow tracking server (http://host:5000) for sweep, search, reprune, frontier and task-losses;
+# empty: the local store mlflow.db.
 # An unreachable server stops the sweep before anything runs (exit 2); it never falls back to mlflow.db.
 TRACKING_URI ?=
 TRACKING := $(if $(TRACKING_URI),tracking.uri=$(TRACKING_URI))
@@ -42,14 +43,15 @@ search: $(INSTALLED) ## run or resume the Optuna frontier search (study: optuna.
 	$(BIN)/python -m sweep -m experiment=search $(TRACKING) $(ARGS)
 
 reprune: $(INSTALLED) ## prune again: RUN=<run id> or EXPERIMENT=<name> (all its runs), PRUNE="prune.ablation=zero"
-	$(BIN)/python -m sweep.reprune $(if $(EXPERIMENT),--experiment $(EXPERIMENT),$(RUN)) $(PRUNE)
+	$(BIN)/python -m sweep.reprune $(if $(EXPERIMENT),--experiment $(EXPERIMENT),$(RUN)) $(PRUNE) $(TRACKING)
 
 # EXPERIMENT has no global default: `make reprune` tells RUN from EXPERIMENT by whether it is set.
 frontier: $(INSTALLED) ## frontier tables and figures of EXPERIMENT (default frontier) into figures/, logged to its sweep; options in ARGS
-	$(BIN)/python -m analysis frontier --experiment $(or $(EXPERIMENT),frontier) --out figures $(ARGS)
+	$(BIN)/python -m analysis frontier --experiment $(or $(EXPERIMENT),frontier) --out figures \
+		$(if $(TRACKING_URI),--tracking-uri $(TRACKING_URI)) $(ARGS)
 
 task-losses: $(INSTALLED) ## full-model loss of every task on every checkpoint of EXPERIMENT (default frontier): the quick suite's calibration
-	$(BIN)/python -m sweep.task_losses --experiment $(or $(EXPERIMENT),frontier) --tracking-uri $(STORE)
+	$(BIN)/python -m sweep.task_losses --experiment $(or $(EXPERIMENT),frontier) --tracking-uri $(or $(TRACKING_URI),$(STORE))
 
 test: $(INSTALLED) ## run the tests (a few minutes on 2 cores)
 	$(BIN)/python -m pytest -q $(ARGS)

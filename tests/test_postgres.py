@@ -8,6 +8,9 @@ tracking.uri=http://127.0.0.1:<port>: runs and artifacts travel over HTTP only.
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+
 import pytest
 
 from conftest import Sweep
@@ -15,6 +18,7 @@ from sweep import names, tasks
 from tracking_server import MlflowServer, Postgres, env_file, free_port
 
 pytestmark = pytest.mark.postgres
+EXTRA_HOST = "login01:5000"
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +26,7 @@ def stack(tmp_path_factory):
     settings = env_file()
     postgres = Postgres(settings["POSTGRES_USER"], settings["POSTGRES_PASSWORD"], settings["POSTGRES_DB"])
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), postgres)
+    server.env["MLFLOW_EXTRA_ALLOWED_HOSTS"] = EXTRA_HOST  # as if docker/.env named a login node
     try:
         postgres.start()
         server.start()
@@ -106,3 +111,23 @@ def test_database_down_stops_the_sweep_before_any_job(stack, tmp_path):
     error = assert_bad_input_before_anything(result, sweep, "cannot use its database", "PostgreSQL")
     assert "Connection refused" in error or "connection" in error.lower(), error
     assert len(sweep.runs()) == before, "runs were created while the database was down"
+
+
+def status_for_host(server: MlflowServer, host: str) -> int:
+    request = urllib.request.Request(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_server_accepts_the_sweep_service_and_configured_names_only(stack):
+    """The compose command's --allowed-hosts: the sweep service's `mlflow:<port>`, this host, and
+    MLFLOW_EXTRA_ALLOWED_HOSTS; any other Host header is refused (DNS rebinding)."""
+    _, server = stack
+    assert status_for_host(server, f"mlflow:{server.port}") == 200
+    assert status_for_host(server, f"127.0.0.1:{server.port}") == 200
+    assert status_for_host(server, EXTRA_HOST) == 200
+    assert status_for_host(server, "attacker.example:5000") == 403
