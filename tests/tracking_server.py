@@ -14,7 +14,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,18 +24,14 @@ from pathlib import Path
 
 import yaml
 
+from slurm_cluster import free_port
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = PROJECT_ROOT / "docker" / "compose.yaml"
 ENV_EXAMPLE = PROJECT_ROOT / "docker" / "env.example"
 # The mlflow service's environment keys that say where it runs: the test gives them its own values.
 LOCATION_KEYS = ("POSTGRES_HOST", "POSTGRES_PORT", "MLFLOW_HOST", "MLFLOW_PORT", "MLFLOW_ARTIFACTS")
 SERVER_USER = "postgres"  # who runs PostgreSQL when the tests run as root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def compose() -> dict:
