@@ -94,8 +94,11 @@ def _probe_server(uri: str) -> str | None:
     if api.status_code in (401, 403):
         return (f"the server refuses the request (HTTP {api.status_code}: {detail}); set MLFLOW_TRACKING_USERNAME "
                 f"and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
-    return (f"the tracking server answers but cannot use its database (HTTP {api.status_code}: {detail}); "
-            f"is its database (PostgreSQL) up and reachable from the server?")
+    if api.status_code >= 500:
+        return (f"the tracking server answers but cannot use its database (HTTP {api.status_code}: {detail}); "
+                f"is its database (PostgreSQL) up and reachable from the server?")
+    return (f"the server answers but not as an MLflow tracking server (experiment search: HTTP {api.status_code}:"
+            f" {detail}); check the URI")
 
 
 def _connection_error(message: str) -> str:
