@@ -52,6 +52,9 @@ class Terminated(SystemExit):
 
 
 def _raise_terminated(signum, _frame) -> None:
+    # once: a second SIGTERM (the whole process group signalled, as `docker stop` through an init that
+    # signals the group does, then the sweep's own) must not interrupt closing the run
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated(f"killed by signal {signum}")
 
 

@@ -143,6 +143,8 @@ def test_compose_mlflow_server_uses_postgres_and_the_sweep_uses_the_server():
     assert sweep["environment"]["TRACKING_URI"] == f"http://mlflow:{mlflow['environment']['MLFLOW_PORT']}"
     assert sweep["depends_on"]["mlflow"]["condition"] == "service_healthy"
     assert sweep["image"] == mlflow["image"]
+    # docker stop reaches the sweep itself, not only make (PID 1 without init, which passes nothing on)
+    assert sweep["init"] is True and sweep["environment"]["TINI_KILL_PROCESS_GROUP"] == "1"
     assert set(sweep["networks"]) & set(mlflow["networks"]) == {"tracking"}
 
 
