@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from sweep import launchers, lifecycle, names, search, tracking
 from sweep.data import load_corpus
-from sweep.errors import EXIT_BAD_INPUT, mark_work_started
+from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started
 from sweep.sweepers import (INVALID, RUN, SKIP, PlannedPoint, expand_grid, grids_of, mark_repeats, plan_points,
                             write_plan)
 
@@ -59,6 +59,19 @@ def _outcome(entry: PlannedPoint) -> dict:
     return {"point": entry.point, "status": status, "run_id": None, "val_loss": None}
 
 
+def check_server(config: DictConfig) -> None:
+    """A tracking server (tracking.uri=http://...) must answer and its database work before anything runs:
+    one error line and exit status 2, never a fallback to another store. Probed once: the validation of
+    every point reuses the answer."""
+    if not str(config.tracking.uri).startswith(("http://", "https://")):
+        return
+    try:
+        tracking.check_server(config.tracking.uri)
+    except ConfigError as e:
+        print(f"error: {e}; nothing was run or logged", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
 class SweepCallback(Callback):
     """Runs in the launching process, around all jobs of one `-m` invocation: plans every point
     (invalid / already finished / duplicate / run), creates the store and the parent run, closes runs
@@ -66,6 +79,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         launchers.check_launcher(config)  # hydra/launcher=slurm: SLURM must answer, before anything is logged
+        check_server(config)
         points = sweep_points(config)
         self.plan = plan_points(points)
         for entry in self.plan:
@@ -127,7 +141,9 @@ class SweepCallback(Callback):
         summary, failed = self._summary()
         tracking.end_parent_run(config.tracking, self.parent_run_id, failed, summary)
         _, experiment_id = tracking.ensure_experiment(config.tracking)
+        uri = str(config.tracking.uri)
+        where = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "make ui, then http://127.0.0.1:5000"
         print(f"\n{summary}\n\nsweep: {config.hydra.sweep.dir}\nparent run: {self.parent_run_id}\n"
-              f"open the runs: make ui, then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
+              f"open the runs: {where}/#/experiments/{experiment_id}/runs")
         if failed:
             sys.exit(1)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from sweep import names
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started, work_started
-from sweep.job import JobOutcome, Terminated, run_job
+from sweep.job import JobOutcome, Terminated, ignore_sigint_in_worker, run_job
 from sweep.points import describe_point
 from sweep.tracking import PROJECT_ROOT
 
@@ -32,6 +32,8 @@ def hydra_job(cfg: DictConfig) -> dict:
     mark_work_started()
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        ignore_sigint_in_worker()
     try:
         outcome = run_job(cfg, os.environ.get(names.ENV_PARENT_RUN_ID), hc.overrides.task,
                           _bar_position(hc) if multirun else 0)

@@ -52,6 +52,9 @@ class Terminated(SystemExit):
 
 
 def _raise_terminated(signum, _frame) -> None:
+    # once: a second SIGTERM (the whole process group signalled, as `docker stop` through an init that
+    # signals the group does, then the sweep's own) must not interrupt closing the run
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated(f"killed by signal {signum}")
 
 
@@ -60,6 +63,16 @@ def exit_on_sigterm() -> None:
     inside the sweep's own process keeps the sweep's handler, which raises SystemExit too."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def ignore_sigint_in_worker() -> None:
+    """In a multirun job's own worker process (joblib): ignore SIGINT. Ctrl-C, or any signal to the whole
+    process group, reaches the workers too, but the launching process acts on it: it stops them with
+    SIGTERM, on which each closes its run. A worker that stopped on SIGINT itself was interrupted by that
+    SIGTERM while closing its run, which stayed RUNNING. (The launching process, and a job that runs in
+    it, have the sweep's SIGTERM handler and keep SIGINT.)"""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar_position: int = 0) -> JobOutcome:

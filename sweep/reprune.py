@@ -25,7 +25,7 @@ from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.job import build_model, exit_on_sigterm, resolve_device
 from sweep.points import point_label
 from sweep.prune_stage import run_pruning
-from sweep.tracking import JobRun, config_hash, end_parent_run, sqlite_path, start_parent_run
+from sweep.tracking import JobRun, check_server, config_hash, end_parent_run, sqlite_path, start_parent_run
 from sweep.validate import validate
 
 CHANGEABLE = ("prune.", "tasks.", "tracking.")
@@ -49,10 +49,13 @@ def load_training_run(client: MlflowClient, run_id: str, workdir: Path):
 
 
 def open_store(tracking_uri: str) -> MlflowClient:
-    """A client on an existing store: a missing SQLite file is an error, not a new empty store."""
+    """A client on an existing store: a missing SQLite file is an error, not a new empty store; a tracking
+    server must answer and its database work."""
     db = sqlite_path(tracking_uri)
     if db is not None and not db.exists():
         raise ConfigError("tracking.uri", tracking_uri, "no MLflow store there; run a sweep first or pass tracking.uri=")
+    if tracking_uri.startswith(("http://", "https://")):
+        check_server(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import subprocess
 import tempfile
 import time
@@ -21,6 +23,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 UNHASHED_KEYS = ("tracking", "train.device", "train.threads")
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
 MLFLOW_PARAM_BATCH_LIMIT = 100
+SERVER_PROBE_TIMEOUT_S = 15  # per request of the probe; MLflow's client would retry for minutes instead
+_server_problems: dict[str, str | None] = {}  # tracking server URI -> why it cannot be used (None: it works)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -29,11 +33,14 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def check_tracking(tracking_cfg) -> None:
-    """A local store's directory must exist or be creatable, and be writable (probed for real)."""
+    """A local store's directory must exist or be creatable, and be writable (probed for real); a tracking
+    server must answer and its database work (probed once per URI and process)."""
     uri = tracking_cfg.uri
     db = sqlite_path(uri)
     if db is None:
-        if not uri.startswith(("http://", "https://", "postgresql://", "mysql://")):
+        if uri.startswith(("http://", "https://")):
+            check_server(uri)
+        elif not uri.startswith(("postgresql://", "mysql://")):
             raise ConfigError("tracking.uri", uri, "allowed: an absolute sqlite:///<path>.db, or an http(s) or SQL server URI")
         return
     if not db.is_absolute():
@@ -44,6 +51,72 @@ def check_tracking(tracking_cfg) -> None:
             pass
     except OSError as e:
         raise ConfigError("tracking.uri", uri, f"directory {db.parent} is not writable ({e.strerror})") from None
+
+
+def check_server(uri: str) -> None:
+    """Raise ConfigError unless the MLflow tracking server at `uri` answers and can read its store. Probed
+    once per URI in a process (a sweep validates every point); never falls back to another store."""
+    if uri not in _server_problems:
+        _server_problems[uri] = _probe_server(uri)
+    if problem := _server_problems[uri]:
+        raise ConfigError("tracking.uri", uri, problem)
+
+
+def _probe_server(uri: str) -> str | None:
+    """Why the server at `uri` cannot be used, or None. Two requests without retries, with the credentials
+    and TLS settings MLflow's client uses (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_TOKEN, ...):
+    /health (the server process answers), then one experiment search (its database answers)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+
+    def get(endpoint: str, **params):
+        return http_request(creds, endpoint, "GET", max_retries=0, backoff_factor=0, timeout=SERVER_PROBE_TIMEOUT_S,
+                            raise_on_status=False, params=params)
+
+    try:
+        health = get("/health")
+        if health.status_code != 200:
+            return (f"{uri}/health answered HTTP {health.status_code}: not an MLflow tracking server, or not "
+                    f"ready; check the URI and the server's log")
+        api = get("/api/2.0/mlflow/experiments/search", max_results=1)
+    except MlflowException as e:
+        return (f"no MLflow tracking server answers there ({_connection_error(str(e))}); start it (`make docker-up`"
+                f" on the server, see README 'Team setup') or point tracking.uri at a running one")
+    if api.status_code == 200:
+        return None
+    detail = _error_detail(api)
+    if api.status_code == 403 and "host" in detail.lower():
+        return (f"the server refuses this host name (HTTP 403: {detail}); add it to the server's allowed hosts "
+                f"(MLFLOW_EXTRA_ALLOWED_HOSTS in docker/.env) or use a name it accepts")
+    if api.status_code in (401, 403):
+        return (f"the server refuses the request (HTTP {api.status_code}: {detail}); set MLFLOW_TRACKING_USERNAME "
+                f"and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    if api.status_code >= 500:
+        return (f"the tracking server answers but cannot use its database (HTTP {api.status_code}: {detail}); "
+                f"is its database (PostgreSQL) up and reachable from the server?")
+    return (f"the server answers but not as an MLflow tracking server (experiment search: HTTP {api.status_code}:"
+            f" {detail}); check the URI")
+
+
+def _connection_error(message: str) -> str:
+    """`[Errno 111] Connection refused` out of requests' long exception text."""
+    if "timed out" in message.lower():
+        return f"no answer within {SERVER_PROBE_TIMEOUT_S} s"
+    found = re.search(r"\[Errno -?\d+\] [^\"')(]+", message)
+    return found.group(0).strip() if found else message[:300]
+
+
+def _error_detail(response) -> str:
+    """The first line of the server's error message (MLflow answers JSON: error_code, message)."""
+    try:
+        body = response.json()
+        text = f"{body.get('error_code', '')}: {body.get('message', '')}".strip(": ")
+    except ValueError:
+        text = response.text
+    return (text.strip().splitlines() or [response.reason or ""])[0][:300]
 
 
 def artifact_location(tracking_cfg) -> str | None:
@@ -84,6 +157,9 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def git_commit() -> str | None:
+    """The project's commit: SWEEP_GIT_COMMIT where set (the Docker image, which has no .git), else git's."""
+    if commit := os.environ.get("SWEEP_GIT_COMMIT"):
+        return commit
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -60,6 +61,32 @@ def test_a_killed_sweep_resumes_with_only_the_missing_points(sweep, n_jobs):
     assert {r.data.tags[names.TAG_CONFIG_HASH] for r in skipped} == done_before
     assert f"{len(done_before)} skipped" in again.stdout
     assert not [r for r in sweep.runs() if r.info.status == "RUNNING"]
+
+
+# docker-stop is slow-marked (about 45 s, mostly the sweep's 30 s wait for processes that ignore SIGTERM);
+# test_sweep.py's test_a_second_sigterm_cannot_interrupt_closing_the_run covers its mechanism quickly
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, id="ctrl-c"),
+                                    pytest.param(signal.SIGTERM, id="docker-stop", marks=pytest.mark.slow)])
+def test_a_signal_to_the_whole_process_group_leaves_no_run_running(sweep, signum):
+    """Ctrl-C in a terminal, and `docker stop` through an init that signals the group (docker/compose.yaml),
+    reach the launching process and its workers at once: every run still ends FAILED, none RUNNING."""
+    grid = [*GRID, "train.steps=3000", "hydra.launcher.n_jobs=2"]
+    cmd = [sys.executable, "-m", "sweep", "-m", *sweep.args(*grid)]
+    launcher = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: (sweep.tmp / "multirun" / "plan.json").exists()
+                 and len(training_runs(sweep, names.STATUS_RUNNING)) == 2)
+        time.sleep(2)  # both jobs inside the training loop
+        os.killpg(launcher.pid, signum)
+        output, _ = launcher.communicate(timeout=180)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 128 + signum, output
+    runs = sweep.runs()
+    assert not [r for r in runs if r.info.status == "RUNNING"], output[-3000:]
+    killed = training_runs(sweep, f"failed: Terminated: killed by signal {signal.SIGTERM}")
+    assert len(killed) == 2, [r.data.tags.get(names.TAG_STATUS) for r in runs]
 
 
 def test_identical_points_of_one_grid_run_once(sweep):

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -131,6 +132,23 @@ def test_killed_job_ends_failed_not_running(sweep):
     (job,) = sweep.runs()
     assert job.info.status == "FAILED", stderr[-2000:]
     assert job.data.tags[names.TAG_STATUS].startswith("failed: Terminated: killed by signal 15")
+
+
+def test_a_second_sigterm_cannot_interrupt_closing_the_run():
+    """A job told to stop twice (its whole process group signalled, as `docker stop` through an init does,
+    then the sweep's own SIGTERM) raises once; the second signal is ignored while the run closes."""
+    from sweep.job import Terminated, exit_on_sigterm
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        exit_on_sigterm()
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal arrives here
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: nothing is raised
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_crashing_job_does_not_stop_the_others(sweep):

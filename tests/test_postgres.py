@@ -1,0 +1,134 @@
+"""A sweep that logs to an MLflow tracking server on PostgreSQL over HTTP (`make test-postgres`).
+
+The module fixture starts a real PostgreSQL and a real `mlflow server` on it, the server exactly as
+docker/compose.yaml's mlflow service runs it (tests/tracking_server.py), and takes both down afterwards,
+whatever happened. The sweeps are the real `python -m sweep -m ...` with tiny models and
+tracking.uri=http://127.0.0.1:<port>: runs and artifacts travel over HTTP only.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import Sweep
+from sweep import names, tasks
+from tracking_server import MlflowServer, Postgres, env_file, free_port
+
+pytestmark = pytest.mark.postgres
+EXTRA_HOST = "login01:5000"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    settings = env_file()
+    postgres = Postgres(settings["POSTGRES_USER"], settings["POSTGRES_PASSWORD"], settings["POSTGRES_DB"])
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), postgres)
+    server.env["MLFLOW_EXTRA_ALLOWED_HOSTS"] = EXTRA_HOST  # as if docker/.env named a login node
+    try:
+        postgres.start()
+        server.start()
+        yield postgres, server
+    finally:
+        try:
+            server.stop()
+        finally:
+            postgres.destroy()
+
+
+def server_sweep(tmp_path, uri: str) -> Sweep:
+    sweep = Sweep(tmp_path)
+    sweep.uri = uri
+    return sweep
+
+
+def assert_bad_input_before_anything(result, sweep: Sweep, *phrases: str) -> str:
+    """Exit 2, one `error:` line naming tracking.uri, no job started and no local store instead."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert f"tracking.uri='{sweep.uri}'" in errors[0], errors[0]
+    for phrase in phrases:
+        assert phrase in errors[0], errors[0]
+    assert not list(sweep.tmp.glob(f"multirun/*/{names.RESULT_FILE}")), "a job ran"
+    assert not list(sweep.tmp.rglob("*.db")), "something logged to a local store"
+    return errors[0]
+
+
+def test_two_point_sweep_logs_runs_and_artifacts_to_the_server(stack, tmp_path):
+    _, server = stack
+    sweep = server_sweep(tmp_path, server.url)
+    result = sweep.run("sparsity.density=1,0.5", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:] + server.logs()
+    assert "2 finished" in result.stdout
+    assert f"open the runs: {server.url}/#/experiments/" in result.stdout  # the server's UI, not `make ui`
+
+    runs = sweep.runs()
+    (parent,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_PARENT]
+    jobs = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_JOB]
+    assert parent.info.status == "FINISHED" and len(jobs) == 2
+    assert {j.data.params["sparsity.density"] for j in jobs} == {"1.0", "0.5"}
+    for job in jobs:
+        run_id = job.info.run_id
+        assert job.info.status == "FINISHED" and job.data.tags[names.TAG_STATUS] == names.STATUS_FINISHED
+        assert job.data.tags[names.TAG_PARENT] == parent.info.run_id
+        assert set(job.data.metrics) >= set(names.STEP_METRICS) | set(names.TRAINING_SUMMARY_METRICS)
+        assert [m.step for m in sweep.client.get_metric_history(run_id, names.VAL_LOSS)] == [10, 20, 30]
+        # artifacts went to the server's artifact store (mlflow-artifacts:), not to a local folder
+        assert job.info.artifact_uri.startswith("mlflow-artifacts:/"), job.info.artifact_uri
+        top = {a.path for a in sweep.client.list_artifacts(run_id)}
+        assert {names.ARTIFACT_CONFIG, names.ARTIFACT_CHECKPOINT_DIR, "circuits"} <= top
+        assert names.ARTIFACT_CHECKPOINT in {a.path for a in sweep.client.list_artifacts(run_id, "checkpoint")}
+        circuits = {a.path for a in sweep.client.list_artifacts(run_id, "circuits")}
+        for task in (*tasks.SUITES["quick"], tasks.CONTROL):
+            assert {names.circuit_artifact(task, "json"), names.circuit_artifact(task, "png")} <= circuits
+        stored = server.artifacts / job.info.artifact_uri.removeprefix("mlflow-artifacts:/") / names.ARTIFACT_CHECKPOINT
+        assert stored.stat().st_size > 0, stored
+
+    assert not list(tmp_path.rglob("*.db")), "the sweep logged to a local store as well"
+    # the same grid again: every point is found finished on the server and skipped
+    again = sweep.run("sparsity.density=1,0.5", multirun=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipping 2 of 2 points" in again.stdout
+
+
+def test_unreachable_server_stops_the_sweep_before_any_job(stack, tmp_path):
+    sweep = server_sweep(tmp_path, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    result = sweep.run("sparsity.density=1,0.5", multirun=True)
+    assert_bad_input_before_anything(result, sweep, "no MLflow tracking server answers there", "Connection refused")
+
+
+def test_database_down_stops_the_sweep_before_any_job(stack, tmp_path):
+    postgres, server = stack
+    sweep = server_sweep(tmp_path, server.url)
+    before = len(sweep.runs())
+    postgres.stop()
+    try:
+        result = sweep.run("sparsity.density=1,0.5", multirun=True)
+    finally:
+        postgres.start_again()
+    error = assert_bad_input_before_anything(result, sweep, "cannot use its database", "PostgreSQL")
+    assert "Connection refused" in error or "connection" in error.lower(), error
+    assert len(sweep.runs()) == before, "runs were created while the database was down"
+
+
+def status_for_host(server: MlflowServer, host: str) -> int:
+    request = urllib.request.Request(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_server_accepts_the_sweep_service_and_configured_names_only(stack):
+    """The compose command's --allowed-hosts: the sweep service's `mlflow:<port>`, this host, and
+    MLFLOW_EXTRA_ALLOWED_HOSTS; any other Host header is refused (DNS rebinding)."""
+    _, server = stack
+    assert status_for_host(server, f"mlflow:{server.port}") == 200
+    assert status_for_host(server, f"127.0.0.1:{server.port}") == 200
+    assert status_for_host(server, EXTRA_HOST) == 200
+    assert status_for_host(server, "attacker.example:5000") == 403
