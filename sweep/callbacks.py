@@ -89,7 +89,7 @@ class SweepCallback(Callback):
             print("error: no valid point in this sweep; nothing was run or logged", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
         mark_work_started()
-        self.config = config
+        self.config, self._stopping = config, False
         valid_cfg = next(cfg for (_, cfg), entry in zip(points, self.plan) if entry.action != INVALID)
         # Build the corpus cache and the SQLite store here, once, before parallel jobs race for them.
         load_corpus(valid_cfg.data, Path(valid_cfg.data.cache_dir))
@@ -103,19 +103,25 @@ class SweepCallback(Callback):
                 print(f"skipping {skipped} of {len(self.plan)} points: each repeats a finished run or an earlier point of this grid")
         self.parent_run_id = tracking.start_parent_run(config.tracking, run_name=parent_run_name(config))
         os.environ[names.ENV_PARENT_RUN_ID] = self.parent_run_id
+        lifecycle.mark_launching_process()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
 
     def _stop(self, signum, _frame) -> None:
         """SIGTERM / SIGINT in the launching process: stop the jobs (each closes its run as failed),
-        close the parent run as failed with what finished, and exit; rerunning resumes. The SystemExit
-        also closes the run of a job that runs in this process (joblib with one job, the basic launcher)."""
-        signal.signal(signum, signal.SIG_IGN)  # once is enough
+        close the parent run as failed with what finished, and exit; rerunning resumes. A job that runs
+        in this process (joblib with one job) is asked to stop: it closes its run, then the sweep exits."""
+        if self._stopping:  # once is enough (Ctrl-C, then a SIGTERM)
+            return
+        self._stopping = True
         print(f"\nsweep: signal {signum}: stopping the jobs...", file=sys.stderr, flush=True)
         lifecycle.terminate_descendants()
         summary, _ = self._summary()
         tracking.end_parent_run(self.config.tracking, self.parent_run_id, True, f"killed by signal {signum}\n{summary}")
         print(f"{summary}\nsweep killed; run the same command again to run only the missing points", flush=True)
+        if lifecycle.is_job_running():  # a job in this process: it stops at its next step and closes its run
+            lifecycle.request_stop(signum)
+            return
         raise SystemExit(128 + signum)
 
     def _launched_results(self) -> list[dict]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from omegaconf import DictConfig
 
 from sweep import names
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started, work_started
-from sweep.job import JobOutcome, Terminated, ignore_sigint_in_worker, run_job
+from sweep.job import JobOutcome, ignore_sigint_in_worker, run_job
+from sweep.lifecycle import Terminated, is_launching_process
 from sweep.points import describe_point
 from sweep.tracking import PROJECT_ROOT
 
@@ -41,9 +41,11 @@ def hydra_job(cfg: DictConfig) -> dict:
         if not multirun:
             raise
         outcome = JobOutcome(f"invalid: {e}")
-    except Terminated:
+    except Terminated as stop:
+        if multirun and is_launching_process():  # the sweep's own process: it has closed the parent run
+            raise SystemExit(128 + stop.signum) from None
         if multirun:  # a worker process (joblib, SLURM): its run is closed; exit, never take another job
-            os._exit(128 + signal.SIGTERM)
+            os._exit(128 + stop.signum)
         raise
     except Exception as e:  # noqa: BLE001 - one failing job must not stop the others
         if not multirun:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from sweep import names
+from sweep import lifecycle, names
 from sweep.collapse import collapse_metrics
 from sweep.data import VOCAB_SIZE, eval_windows, load_corpus
 from sweep.model import GPT, ModelShape
@@ -47,22 +47,11 @@ def build_model(cfg: DictConfig) -> GPT:
     return GPT(ModelShape.from_config(cfg.model, VOCAB_SIZE[cfg.data.tokenizer]))
 
 
-class Terminated(SystemExit):
-    """SIGTERM in a job's own process: raised through the job, so its run closes as failed."""
-
-
-def _raise_terminated(signum, _frame) -> None:
-    # once: a second SIGTERM (the whole process group signalled, as `docker stop` through an init that
-    # signals the group does, then the sweep's own) must not interrupt closing the run
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated(f"killed by signal {signum}")
-
-
 def exit_on_sigterm() -> None:
-    """Turn SIGTERM into `Terminated` so a killed job still closes its run as failed. A job that runs
-    inside the sweep's own process keeps the sweep's handler, which raises SystemExit too."""
+    """On SIGTERM the job raises `Terminated` at its next step, so a killed job still closes its run as
+    failed. A job that runs inside the sweep's own process keeps the sweep's handler, which asks it too."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGTERM, lifecycle.request_stop)
 
 
 def ignore_sigint_in_worker() -> None:
@@ -85,7 +74,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
     label = point_label(cfg, overrides)
 
     exit_on_sigterm()
-    with JobRun(cfg, label, parent_run_id, {names.TAG_CORPUS_HASH: corpus.corpus_hash}) as run:
+    with lifecycle.job_running(), JobRun(cfg, label, parent_run_id, {names.TAG_CORPUS_HASH: corpus.corpus_hash}) as run:
         model = build_model(cfg).to(device)
         sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(),
                                       cfg.sparsity.density, cfg.model.width_mult, cfg.sparsity)
@@ -110,6 +99,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
             torch.save(model.state_dict(), checkpoint)
             run.log_artifact(checkpoint, names.ARTIFACT_CHECKPOINT_DIR)
         circuits = {}
+        lifecycle.raise_if_stopped()
         if cfg.prune.enabled:
             circuits = run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts)
     return JobOutcome(names.STATUS_FINISHED, run.run_id, result.val_loss, circuits.get(names.EDGES_GEOMEAN))

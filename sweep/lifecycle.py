@@ -2,11 +2,68 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import time
 from pathlib import Path
+
+_stop_signal: int | None = None  # the signal that asked this process's job to stop
+_job_running = False  # a job runs in this process now
+_launcher_pid: int | None = None  # the sweep's launching process (set there)
+
+
+class Terminated(SystemExit):
+    """A job stopped by a signal: raised at the job's next step, so that its run closes as failed."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"killed by signal {signum}")
+        self.signum = signum
+
+
+def request_stop(signum: int, _frame=None) -> None:
+    """A job's SIGTERM handler: remember the stop; the job raises `Terminated` at its next step
+    (`raise_if_stopped`). Raising from the handler itself can land in a weakref callback or inside a
+    lock's critical section (tqdm's, SQLite's), where the exception is swallowed or the lock stays
+    held: such a job hung with its run RUNNING. A second signal changes nothing. Between jobs (an idle
+    worker) there is no run to close: the process exits at once."""
+    global _stop_signal
+    if not _job_running:
+        os._exit(128 + signum)
+    if _stop_signal is None:
+        _stop_signal = signum
+
+
+def raise_if_stopped() -> None:
+    """Called between steps of every long loop of a job."""
+    if _stop_signal is not None:
+        raise Terminated(_stop_signal)
+
+
+@contextlib.contextmanager
+def job_running():
+    """Marks the time a job runs in this process (the launching process defers its stop to it)."""
+    global _job_running
+    _job_running = True
+    try:
+        yield
+    finally:
+        _job_running = False
+
+
+def is_job_running() -> bool:
+    return _job_running
+
+
+def mark_launching_process() -> None:
+    global _launcher_pid
+    _launcher_pid = os.getpid()
+
+
+def is_launching_process() -> bool:
+    """True in the process that launched the sweep (a job of joblib with one worker runs there)."""
+    return _launcher_pid == os.getpid()
 
 
 def _start_time(pid: int) -> str | None:
@@ -58,8 +115,10 @@ def descendants(pid: int | None = None) -> list[int]:
 
 
 def terminate_descendants(timeout_s: float = 30.0) -> None:
-    """SIGTERM every process below this one (jobs close their runs as failed on it), then wait for them."""
-    pids = descendants()
+    """SIGTERM every process below this one (jobs close their runs as failed on it), then wait for those
+    that act on it. Helpers that ignore SIGTERM (the resource trackers of multiprocessing and joblib) exit
+    when this process does: waiting for them would only add the timeout."""
+    pids = [pid for pid in descendants() if not _ignores_sigterm(pid)]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -75,6 +134,16 @@ def terminate_descendants(timeout_s: float = 30.0) -> None:
         if all(_is_zombie_or_gone(pid) for pid in pids):
             return
         time.sleep(0.1)
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    """From the SigIgn mask in /proc/<pid>/status."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigIgn:")), 0)
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
 
 
 def _is_zombie_or_gone(pid: int) -> bool:

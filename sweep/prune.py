@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from sweep.lifecycle import raise_if_stopped
 from sweep.model import GPT
 from sweep.names import node_name
 from sweep.tasks import task_losses
@@ -106,6 +107,7 @@ def smallest_k(loss_at: Callable[[int], float], target: float, n: int) -> int | 
         return None
     low, high = 0, n
     while low < high:
+        raise_if_stopped()
         mid = (low + high) // 2
         if loss_at(mid) <= target:
             high = mid
@@ -152,6 +154,7 @@ def prune(model: GPT, train: list[Batch], heldout: list[Batch], means: dict[Site
     try:
         with model.hooked(masks):
             for _ in range(steps):
+                raise_if_stopped()
                 loss = _per_row_loss(model, masks, train_batch, train_rows, n_rows).sum()
                 loss = loss + penalty * masks.soft_count().sum()
                 optimizer.zero_grad()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sweep import names
+from sweep.lifecycle import raise_if_stopped
 from sweep.data import eval_windows, sample_batch
 from sweep.model import GPT
 from sweep.sparsity import WeightSparsifier
@@ -91,6 +92,7 @@ def train(model: GPT, train_tokens: torch.Tensor, val_tokens: torch.Tensor, spar
                leave=True, dynamic_ncols=True, mininterval=1.0)
     start = time.perf_counter()
     for step in range(steps):
+        raise_if_stopped()
         inputs, targets = (t.to(device) for t in sample_batch(train_tokens, train_cfg.batch_size, n_ctx, generator))
         loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
