@@ -4,6 +4,7 @@ Writes bench/results.json and bench/results.md; `--smoke` is a seconds-long chec
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -59,9 +60,7 @@ def main() -> None:
         ensure_experiment(job_config([f"tracking.uri={uri}", "tracking.experiment=bench"]).tracking)
         job_overrides = base + smoke + [f"tracking.uri={uri}", "tracking.experiment=bench",
                                         f"sparsity.density={DENSITY}", f"train.steps={args.job_steps}"]
-        results["jobs"] = [{"d_model": cfg.model.base_width * w,
-                            **run_child(job_overrides + [f"model.width_mult={w}"], Path(tmp), str(w))}
-                           for w in QUICK_WIDTHS]
+        results["jobs"] = [timed_job(job_overrides, cfg.model.base_width, w, Path(tmp)) for w in QUICK_WIDTHS]
 
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
@@ -82,7 +81,7 @@ def timed_width(cfg, tokens, d_model: int, threads: int, device, args) -> dict:
     probe = step_times(cfg, tokens, d_model, DENSITY, rounds=1, block=1 if args.smoke else 2, threads=threads, device=device)
     budget = 0.2 if args.smoke else args.step_seconds
     per_round = 2 * 5 * (probe["dense_step_s"] + probe["sparse_step_s"])  # one round: a block of each, twice
-    rounds = max(2, min(20, round(budget / per_round)))
+    rounds = 2 * max(1, min(10, round(budget / per_round / 2)))  # even: ABBA balances
     measured = step_times(cfg, tokens, d_model, DENSITY, rounds=rounds, block=5, threads=threads, device=device)
     print(f"  d_model {d_model:>4} threads {threads}: dense {1e3 * measured['dense_step_s']:.1f} ms, "
           f"sparse {1e3 * measured['sparse_step_s']:.1f} ms, ratio {measured['ratio']:.3f} "
@@ -90,11 +89,18 @@ def timed_width(cfg, tokens, d_model: int, threads: int, device, args) -> dict:
     return measured
 
 
+def timed_job(overrides: list[str], base_width: int, width_mult: int, tmp: Path) -> dict:
+    job = {"d_model": base_width * width_mult, **run_child(overrides + [f"model.width_mult={width_mult}"], tmp, str(width_mult))}
+    print(f"  job d_model {job['d_model']:>4}: {job['wall_s']:.1f} s (train {job['train_s']:.1f}, prune "
+          f"{job['prune_s']:.1f}, logging {job['logging_s']:.2f}), peak RSS {job['peak_rss_mb']:.0f} MB", flush=True)
+    return job
+
+
 def settings(cfg, args) -> dict:
     cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), platform.processor())
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git_commit": git_commit(),
-            "torch": torch.__version__, "cpu": cpu_model, "cores": len(__import__("os").sched_getaffinity(0)),
+            "torch": torch.__version__, "cpu": cpu_model, "cores": len(os.sched_getaffinity(0)),
             "sparse_density": DENSITY, "job_steps": args.job_steps, "real_job_steps": cfg.train.steps,
             "batch_size": cfg.train.batch_size, "n_ctx": cfg.model.n_ctx, "n_layer": cfg.model.n_layer,
             "threads": 1, "smoke": args.smoke, "targets": TARGETS}

@@ -32,6 +32,7 @@ class LoggingTimer:
 
     def __init__(self):
         self.seconds, self.calls, self.depth, self.logged = 0.0, 0, 0, {}
+        self.by_method: dict[str, float] = {}
 
     def install(self, cls) -> None:
         for name in self.METHODS:
@@ -48,7 +49,9 @@ class LoggingTimer:
             try:
                 return method(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                self.seconds += elapsed
+                self.by_method[method.__name__] = self.by_method.get(method.__name__, 0.0) + elapsed
                 self.depth = 0
         return timed
 
@@ -68,6 +71,7 @@ def child(result_path: Path, overrides: list[str]) -> None:
                   if line.startswith("VmHWM:"))
     result_path.write_text(json.dumps({
         "status": outcome.status, "wall_s": wall, "logging_s": timer.seconds, "logging_calls": timer.calls,
+        "logging_by_method_s": timer.by_method,
         "train_s": timer.logged[names.TIME_TRAIN], "prune_s": timer.logged.get(names.TIME_PRUNE, 0.0),
         "total_params": timer.logged[names.MODEL_TOTAL_PARAMS], "vm_hwm_mb": hwm_kb / 1024,
         "val_loss": outcome.val_loss, "tasks_solved_frac": timer.logged.get(names.TASKS_SOLVED_FRAC)}))
