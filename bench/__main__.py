@@ -49,7 +49,9 @@ def main() -> None:
     widths = [cfg.model.base_width * w for w in QUICK_WIDTHS] + [EXTRA_D_MODEL]
     results: dict = {"settings": settings(cfg, args)}
 
-    peaks = {t: matmul_peak(t, cpu, *((256, 0.1) if args.smoke else (2048, 2.0))) for t in (1, 2)}
+    matmul_n = 256 if args.smoke else 2048
+    peaks = {t: matmul_peak(t, cpu, matmul_n, 0.1 if args.smoke else 2.0) for t in (1, 2)}
+    results["settings"]["matmul_n"] = matmul_n
     results["matmul_peak_gflops"] = {str(t): p / 1e9 for t, p in peaks.items()}
     results["steps"] = [timed_width(cfg, tokens, d, 1, cpu, args) for d in widths]
     results["steps_2_threads"] = [timed_width(cfg, tokens, EXTRA_D_MODEL, 2, cpu, args)]
