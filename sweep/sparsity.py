@@ -38,10 +38,10 @@ def keep_masks(weights: list[torch.Tensor], k: int, min_per_neuron: int) -> list
     G, n = len(magnitude), magnitude[0].numel()
     by_topk = n < BANDED_MIN_NUMEL or bool(torch.isnan(magnitude.amax()))
     mask = _unit_maxima(magnitude, min_per_neuron)
-    n_forced = mask.view(G, n).count_nonzero(dim=1).tolist() if min_per_neuron > 0 else [0] * G
     if by_topk and min_per_neuron > 0:
         magnitude.masked_fill_(mask, -1.0)  # taken already: below every free magnitude
-    for values, kept, forced in zip(magnitude.view(G, n), mask.view(G, n), n_forced):
+    for values, kept in zip(magnitude.view(G, n), mask.view(G, n)):
+        forced = int(kept.count_nonzero()) if min_per_neuron > 0 else 0  # (count_nonzero(dim=) is slow on bool)
         if k <= forced:
             continue
         if by_topk or not _keep_largest_banded(values, k - forced, kept, forced):
