@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -79,21 +78,20 @@ def child(result_path: Path, overrides: list[str]) -> None:
         "status": outcome.status, "wall_s": wall, "mlflow_store_import_s": store_import, "logging_s": timer.seconds, "logging_calls": timer.calls,
         "logging_by_method_s": timer.by_method,
         "train_s": timer.logged[names.TIME_TRAIN], "prune_s": timer.logged.get(names.TIME_PRUNE, 0.0),
-        "total_params": timer.logged[names.MODEL_TOTAL_PARAMS], "vm_hwm_mb": hwm_kb / 1024,
+        "total_params": timer.logged[names.MODEL_TOTAL_PARAMS], "peak_rss_mb": hwm_kb / 1024,
         "val_loss": outcome.val_loss, "tasks_solved_frac": timer.logged.get(names.TASKS_SOLVED_FRAC)}))
 
 
 def run_child(overrides: list[str], workdir: Path, tag: str) -> dict:
-    """Run a job in a fresh process; its peak RSS comes from wait4 on that process alone."""
+    """Run a job in a fresh process. Its peak RSS is the VmHWM it reads itself at the end: the
+    ru_maxrss that wait4 reports starts from the parent's RSS at fork, which here is larger."""
     result, log = workdir / f"job-{tag}.json", workdir / f"job-{tag}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.jobs", str(result), *overrides],
-                                cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench job {tag} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-    return {**json.loads(result.read_text()), "peak_rss_mb": usage.ru_maxrss / 1024}
+        returncode = subprocess.run([sys.executable, "-m", "bench.jobs", str(result), *overrides],
+                                    cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+    if returncode != 0:
+        raise RuntimeError(f"bench job {tag} exited {returncode}:\n{log.read_text()[-3000:]}")
+    return json.loads(result.read_text())
 
 
 if __name__ == "__main__":
