@@ -27,7 +27,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: help install sweep search reprune frontier task-losses test test-slow test-slurm test-postgres ui clean \
+.PHONY: help install sweep search reprune frontier task-losses bench test test-slow test-slurm test-postgres ui clean \
 	docker-build docker-up docker-sweep docker-down
 
 help: ## list the targets
@@ -52,6 +52,9 @@ frontier: $(INSTALLED) ## frontier tables and figures of EXPERIMENT (default fro
 
 task-losses: $(INSTALLED) ## full-model loss of every task on every checkpoint of EXPERIMENT (default frontier): the quick suite's calibration
 	$(BIN)/python -m sweep.task_losses --experiment $(or $(EXPERIMENT),frontier) --tracking-uri $(or $(TRACKING_URI),$(STORE))
+
+bench: $(INSTALLED) ## measure where a job's time goes (sparse/dense step, MFU, prune/train, logging, memory): bench/results.md
+	$(BIN)/python -m bench $(ARGS)
 
 test: $(INSTALLED) ## run the tests (a few minutes on 2 cores)
 	$(BIN)/python -m pytest -q $(ARGS)

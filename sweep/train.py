@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sweep import names
-from sweep.lifecycle import raise_if_stopped
 from sweep.data import eval_windows, sample_batch
+from sweep.lifecycle import raise_if_stopped
 from sweep.model import GPT
 from sweep.sparsity import WeightSparsifier
 
@@ -63,6 +63,30 @@ def normalise_gradients(model: GPT) -> None:
     torch._foreach_div_(grads, rms)
 
 
+def step_lr(lr0: float, step: int, steps: int, sparsifier: WeightSparsifier, train_cfg) -> float:
+    """The LR of this step: warm-up and decay, times the sharkfin factor while the density anneals."""
+    lr = lr0 * lr_factor(step, steps, train_cfg.warmup_frac)
+    if train_cfg.lr_schedule == "sharkfin":
+        lr *= sharkfin_factor(sparsifier.density, sparsifier.density_now)
+    return lr
+
+
+def train_step(model: GPT, optimizer: torch.optim.Optimizer, sparsifier: WeightSparsifier, inputs: torch.Tensor,
+               targets: torch.Tensor, lr: float, progress: float, train_cfg) -> torch.Tensor:
+    """One step: forward, backward, gradient RMS norm, Adam at `lr`, then the top-k projection at
+    `progress` (a fraction of training). Returns the detached loss."""
+    loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if train_cfg.grad_rms_norm:
+        normalise_gradients(model)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    sparsifier.project(progress)
+    return loss.detach()
+
+
 @torch.no_grad()
 def evaluate(model: GPT, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> float:
     """Mean next-token cross-entropy (nats/token) over fixed windows."""
@@ -94,19 +118,8 @@ def train(model: GPT, train_tokens: torch.Tensor, val_tokens: torch.Tensor, spar
     for step in range(steps):
         raise_if_stopped()
         inputs, targets = (t.to(device) for t in sample_batch(train_tokens, train_cfg.batch_size, n_ctx, generator))
-        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if train_cfg.grad_rms_norm:
-            normalise_gradients(model)
-        lr = lr0 * lr_factor(step, steps, train_cfg.warmup_frac)
-        if train_cfg.lr_schedule == "sharkfin":
-            lr *= sharkfin_factor(sparsifier.density, sparsifier.density_now)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        sparsifier.project((step + 1) / steps)
-        loss_sum += loss.detach()
+        lr = step_lr(lr0, step, steps, sparsifier, train_cfg)
+        loss_sum += train_step(model, optimizer, sparsifier, inputs, targets, lr, (step + 1) / steps, train_cfg)
         loss_count += 1
         bar.update(tokens_per_step)
 

@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 
 from sweep.errors import ConfigError
 from sweep.model import GPT, ModelShape
-from sweep.sparsity import (WeightSparsifier, annealed_density, check_feasible, embedding_density,
-                            keep_mask)
+from sweep.sparsity import (BANDED_MIN_NUMEL, WeightSparsifier, annealed_density, check_feasible,
+                            embedding_density, keep_mask, keep_masks)
 
 
 @pytest.mark.parametrize("k", [1, 17, 500, 2047, 2048])
@@ -31,6 +31,51 @@ def test_keep_mask_per_neuron_minimum(k, j):
     # exactly k unless the minimum alone needs more, then exactly the forced set
     assert int(mask.sum()) == max(k, int(forced.sum()))
     assert (mask >= forced).all()
+
+
+def reference_mask(w: torch.Tensor, k: int, j: int) -> torch.Tensor:
+    """The projection as first written: topk along rows and columns, then topk over the free entries."""
+    magnitude = w.abs()
+    mask = torch.zeros_like(magnitude, dtype=torch.bool)
+    if j > 0:
+        mask.scatter_(1, magnitude.topk(j, dim=1).indices, True)
+        mask.scatter_(0, magnitude.topk(j, dim=0).indices, True)
+    remaining = k - int(mask.sum())
+    if remaining > 0:
+        mask.view(-1)[magnitude.masked_fill(mask, -1.0).flatten().topk(remaining, sorted=False).indices] = True
+    return mask
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (128, 32), (256, 64), (128, 128), (512, 128), (256, 1024)])
+@pytest.mark.parametrize("j", [0, 1, 2])
+@pytest.mark.parametrize("density", [0.99, 0.7, 0.25, 0.06, 0.015])
+def test_fast_paths_project_like_plain_topk(shape, j, density):
+    """Unit maxima by comparison and the banded selection (large matrices) leave the same weights."""
+    torch.manual_seed(hash((shape, j, density)) % 2**31)
+    ws = [torch.randn(*shape) * torch.rand(shape[1]) for _ in range(3)]  # columns of different scale
+    ws[0][: shape[0] // 8] = 0.0  # all-zero rows: ties at a unit's maximum (j >= 1), at zero (j = 0)
+    k = round(density * ws[0].numel())
+    for w, mask in zip(ws, keep_masks(ws, k, j)):
+        assert torch.equal(w * mask, w * reference_mask(w, k, j))
+        assert int(mask.sum()) == int(reference_mask(w, k, j).sum())
+
+
+def test_banded_selection_keeps_exactly_k_with_ties_at_the_last_value():
+    w = torch.randn(256, 128)
+    assert w.numel() >= BANDED_MIN_NUMEL
+    k = 2000
+    last = w.abs().flatten().topk(k).values[-1]
+    w.view(-1)[:50] = last  # 50 entries tie with the k-th largest
+    mask = keep_mask(w, k, 0)
+    assert int(mask.sum()) == k
+    assert w.abs()[mask].min() >= w.abs()[~mask].max()
+
+
+def test_nan_weights_are_ranked_as_topk_ranks_them():
+    w = torch.randn(256, 128)
+    w[3, 5] = float("nan")
+    for j in (0, 1):
+        assert torch.equal(keep_mask(w, 500, j), reference_mask(w, 500, j))
 
 
 def test_sparsifier_leaves_requested_count_in_every_matrix():

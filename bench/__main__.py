@@ -1,0 +1,112 @@
+"""`python -m bench` (`make bench`): where a job's time goes, as ratios measured in one run.
+Writes bench/results.json and bench/results.md; `--smoke` is a seconds-long check of the machinery."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.jobs import job_config, run_child
+from bench.report import TARGETS, derive, write
+from bench.steps import matmul_peak, step_times
+from sweep.data import load_corpus
+from sweep.tracking import PROJECT_ROOT, ensure_experiment, git_commit
+
+QUICK_WIDTHS = (1, 2, 4)  # the quick grid's width_mult (base 32: d_model 32 / 64 / 128)
+EXTRA_D_MODEL = 256
+DENSITY = 0.06  # the sparse point: in the quick grid and feasible (min_per_neuron = 1) at every width
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench", help="folder for results.json / .md")
+    parser.add_argument("--job-steps", type=int, default=300,
+                        help="training steps of each width's job (a real job trains train.steps; times are scaled)")
+    parser.add_argument("--step-seconds", type=float, default=16.0,
+                        help="about how long to time sparse and dense steps (together) per width")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings: checks that everything runs")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.smoke:
+        args.job_steps = 20
+    started = time.perf_counter()
+    base = ["train.device=cpu", "train.threads=1"]
+    smoke = ["train.batch_size=4", "train.eval_windows=8", "train.final_eval_windows=16",
+             "tasks.n_train=4", "tasks.n_heldout=4", "prune.steps=10", "prune.mean_windows=8"] if args.smoke else []
+    cfg = job_config(base + smoke)
+    corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))  # built once, before the jobs (as a sweep does)
+    tokens = torch.from_numpy(corpus.train)
+    cpu = torch.device("cpu")
+    widths = [cfg.model.base_width * w for w in QUICK_WIDTHS] + [EXTRA_D_MODEL]
+    results: dict = {"settings": settings(cfg, args)}
+
+    matmul_n = 256 if args.smoke else 2048
+    peaks = {t: matmul_peak(t, cpu, matmul_n, 0.1 if args.smoke else 2.0) for t in (1, 2)}
+    results["settings"]["matmul_n"] = matmul_n
+    results["matmul_peak_gflops"] = {str(t): p / 1e9 for t, p in peaks.items()}
+    results["steps"] = [timed_width(cfg, tokens, d, 1, cpu, args) for d in widths]
+    results["steps_2_threads"] = [timed_width(cfg, tokens, EXTRA_D_MODEL, 2, cpu, args)]
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        ensure_experiment(job_config([f"tracking.uri={uri}", "tracking.experiment=bench"]).tracking)
+        job_overrides = base + smoke + [f"tracking.uri={uri}", "tracking.experiment=bench",
+                                        f"sparsity.density={DENSITY}", f"train.steps={args.job_steps}"]
+        results["jobs"] = [timed_job(job_overrides, cfg.model.base_width, w, Path(tmp)) for w in QUICK_WIDTHS]
+
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        results["gpu"] = {"device": torch.cuda.get_device_name(gpu),
+                          "matmul_peak_gflops": matmul_peak(1, gpu, n=8192) / 1e9,
+                          "steps": [timed_width(cfg, tokens, d, 1, gpu, args) for d in widths]}
+    results["bench_wall_s"] = time.perf_counter() - started
+    derived = derive(results, real_steps=cfg.train.steps)
+    out = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else args.out
+    write(out, derived)
+    print(f"bench: {derived['bench_wall_s']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
+    print((out / "results.md").read_text())
+
+
+def timed_width(cfg, tokens, d_model: int, threads: int, device, args) -> dict:
+    """Interleaved dense / sparse step times at one width: blocks of 5 steps, as many ABBA rounds
+    as fit in about `step_seconds`."""
+    probe = step_times(cfg, tokens, d_model, DENSITY, rounds=1, block=1 if args.smoke else 2, threads=threads, device=device)
+    budget = 0.2 if args.smoke else args.step_seconds
+    per_round = 2 * 5 * (probe["dense_step_s"] + probe["sparse_step_s"])  # one round: a block of each, twice
+    rounds = 2 * max(1, min(10, round(budget / per_round / 2)))  # even: ABBA balances
+    measured = step_times(cfg, tokens, d_model, DENSITY, rounds=rounds, block=5, threads=threads, device=device)
+    print(f"  d_model {d_model:>4} threads {threads}: dense {1e3 * measured['dense_step_s']:.1f} ms, "
+          f"sparse {1e3 * measured['sparse_step_s']:.1f} ms, ratio {measured['ratio']:.3f} "
+          f"({measured['steps_each']} steps each)", flush=True)
+    return measured
+
+
+def timed_job(overrides: list[str], base_width: int, width_mult: int, tmp: Path) -> dict:
+    job = {"d_model": base_width * width_mult, **run_child(overrides + [f"model.width_mult={width_mult}"], tmp, str(width_mult))}
+    print(f"  job d_model {job['d_model']:>4}: {job['wall_s']:.1f} s (train {job['train_s']:.1f}, prune "
+          f"{job['prune_s']:.1f}, logging {job['logging_s']:.2f}), peak RSS {job['peak_rss_mb']:.0f} MB", flush=True)
+    return job
+
+
+def settings(cfg, args) -> dict:
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor())
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git_commit": git_commit(),
+            "torch": torch.__version__, "cpu": cpu_model, "cores": len(os.sched_getaffinity(0)),
+            "sparse_density": DENSITY, "job_steps": args.job_steps, "real_job_steps": cfg.train.steps,
+            "batch_size": cfg.train.batch_size, "n_ctx": cfg.model.n_ctx, "n_layer": cfg.model.n_layer,
+            "threads": 1, "smoke": args.smoke, "targets": TARGETS}
+
+
+if __name__ == "__main__":
+    main()

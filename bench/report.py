@@ -1,0 +1,116 @@
+"""From the measurements to the ratios the issue asks for, bench/results.json and the markdown table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+TARGETS = {"sparse_dense_ratio": "<= 1.10 at every width", "mfu": ">= 0.30 at d_model 256 (CPU)",
+           "prune_train_ratio": "<= 1.0 at every width", "logging_share": "<= 0.02"}
+
+
+def fitted_exponent(x: list[float], y: list[float]) -> float:
+    """Slope of log y against log x (least squares): y grows as x^slope."""
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def derive(results: dict, real_steps: int) -> dict:
+    """Add the headline ratios, keyed by d_model, to the raw measurements."""
+    peak1 = results["matmul_peak_gflops"]["1"] * 1e9
+    steps = {str(s["d_model"]): s for s in results["steps"]}
+    for s in results["steps"]:
+        s["mfu"] = s["flops_per_step"] / s["sparse_step_s"] / peak1
+        s["mfu_dense"] = s["flops_per_step"] / s["dense_step_s"] / peak1
+    for s in results["steps_2_threads"]:
+        peak2 = results["matmul_peak_gflops"]["2"] * 1e9
+        s["mfu"] = s["flops_per_step"] / s["sparse_step_s"] / peak2
+        s["mfu_dense"] = s["flops_per_step"] / s["dense_step_s"] / peak2
+    scale = real_steps / results["settings"]["job_steps"]
+    for job in results["jobs"]:
+        # a real job trains `real_steps`: its training scales with steps, its pruning and the rest do not
+        job["train_s_real"] = job["train_s"] * scale
+        job["job_s_real"] = job["wall_s"] + job["train_s"] * (scale - 1)
+        job["prune_train_ratio"] = job["prune_s"] / job["train_s_real"]
+        job["logging_share"] = job["logging_s"] / job["wall_s"]
+        # a process's first job also imports MLflow's SQL store (a sweep worker: once for all its jobs)
+        job["logging_share_first_job"] = ((job["logging_s"] + job["mlflow_store_import_s"])
+                                          / (job["wall_s"] + job["mlflow_store_import_s"]))
+    jobs = results["jobs"]
+    results.update({
+        "sparse_dense_ratio": {k: s["ratio"] for k, s in steps.items()},
+        "mfu": {k: s["mfu"] for k, s in steps.items()},
+        "mfu_2_threads": {str(s["d_model"]): s["mfu"] for s in results["steps_2_threads"]},
+        "prune_train_ratio": {str(j["d_model"]): j["prune_train_ratio"] for j in jobs},
+        "peak_rss_mb": {str(j["d_model"]): j["peak_rss_mb"] for j in jobs},
+        "logging_share": max(j["logging_share"] for j in jobs),
+        "logging_share_first_job": max(j["logging_share_first_job"] for j in jobs),
+        "cost_exponent": fitted_exponent([j["total_params"] for j in jobs], [j["job_s_real"] for j in jobs]),
+        "step_cost_exponent": fitted_exponent([s["total_params"] for s in results["steps"]],
+                                              [s["sparse_step_s"] for s in results["steps"]]),
+    })
+    if "gpu" in results:
+        gpu = results["gpu"]
+        peak = gpu["matmul_peak_gflops"] * 1e9
+        gpu["sparse_dense_ratio"] = {str(s["d_model"]): s["ratio"] for s in gpu["steps"]}
+        gpu["mfu"] = {str(s["d_model"]): s["flops_per_step"] / s["sparse_step_s"] / peak for s in gpu["steps"]}
+    results["met"] = {
+        "sparse_dense_ratio": all(r <= 1.10 for r in results["sparse_dense_ratio"].values()),
+        "mfu": results["mfu"]["256"] >= 0.30,
+        "prune_train_ratio": all(r <= 1.0 for r in results["prune_train_ratio"].values()),
+        "logging_share": results["logging_share"] <= 0.02,
+    }
+    return results
+
+
+def _fmt(value, spec: str, missing: str = "") -> str:
+    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def table(r: dict) -> str:
+    """The markdown table: one row per width, then the single numbers."""
+    s, jobs = r["settings"], {str(j["d_model"]): j for j in r["jobs"]}
+    two = {str(x["d_model"]): x for x in r["steps_2_threads"]}
+    lines = [
+        "| d_model | params | dense step (ms) | sparse step (ms) | sparse / dense | MFU (1 thread) | "
+        "MFU (2 threads) | prune / train | job (s, projected) | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for step in r["steps"]:
+        k, job = str(step["d_model"]), jobs.get(str(step["d_model"]), {})
+        lines.append(
+            f"| {k} | {step['total_params']:,} | {1e3 * step['dense_step_s']:.1f} | {1e3 * step['sparse_step_s']:.1f} "
+            f"| **{step['ratio']:.3f}** | **{step['mfu']:.1%}** | {_fmt(two.get(k, {}).get('mfu'), '.1%', '-')} "
+            f"| {_fmt(job.get('prune_train_ratio'), '.2f', '-')} | {_fmt(job.get('job_s_real'), '.0f', '-')} "
+            f"| {_fmt(job.get('peak_rss_mb'), '.0f', '-')} |")
+    peak = r["matmul_peak_gflops"]
+    lines += [
+        "",
+        f"- logging share (time in MLflow calls / job wall time, worst width): **{r['logging_share']:.2%}**; "
+        f"{r['logging_share_first_job']:.2%} for a process's first job, which also imports MLflow's SQL store "
+        f"({max(j['mlflow_store_import_s'] for j in r['jobs']):.1f} s)",
+        f"- cost exponent (projected job time ~ params^a over d_model 32-128): **{r['cost_exponent']:.2f}**; "
+        f"step time ~ params^{r['step_cost_exponent']:.2f} over d_model 32-256",
+        f"- fp32 matmul peak (torch.mm, {s['matmul_n']}^2): {peak['1']:.1f} GFLOP/s on 1 thread, {peak['2']:.1f} on 2",
+        f"- targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'} ({TARGETS[k]})" for k, v in r["met"].items()),
+        f"- {s['cpu']}, {s['cores']} cores, torch {s['torch']}, {s['date']}, commit {str(s['git_commit'])[:10]}; "
+        f"sparse = density {s['sparse_density']}, batch {s['batch_size']} x {s['n_ctx']} bytes, {s['n_layer']} layers; "
+        f"jobs trained {s['job_steps']} steps, projected to {s['real_job_steps']}; `make bench` took "
+        f"{r['bench_wall_s']:.0f} s",
+    ]
+    if "gpu" in r:
+        g = r["gpu"]
+        lines += ["", f"GPU ({g['device']}, fp32 peak {g['matmul_peak_gflops']:.0f} GFLOP/s):", "",
+                  "| d_model | dense step (ms) | sparse step (ms) | sparse / dense | MFU |", "|---|---|---|---|---|"]
+        lines += [f"| {x['d_model']} | {1e3 * x['dense_step_s']:.2f} | {1e3 * x['sparse_step_s']:.2f} | "
+                  f"{x['ratio']:.3f} | {g['mfu'][str(x['d_model'])]:.1%} |" for x in g["steps"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, results: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text("# Benchmark: where a job's time goes\n\nWritten by `make bench` "
+                                    "(`python -m bench`); method in the README, section Benchmarks.\n\n" + table(results))

@@ -1,0 +1,113 @@
+"""Training step time, sparse against dense, interleaved in one process; model FLOPs and the matmul peak."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from sweep.data import VOCAB_SIZE, sample_batch
+from sweep.model import GPT, ModelShape
+from sweep.sparsity import WeightSparsifier
+from sweep.train import base_lr, build_optimizer, step_lr, train_step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(threads: int, device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
+    """Best fp32 FLOP/s of a large square torch.mm (n x n) over `seconds` of repeats: the machine's peak."""
+    torch.set_num_threads(threads)
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    out = torch.empty(n, n, device=device)
+    torch.mm(a, b, out=out)  # warm-up: first call allocates, picks kernels
+    sync(device)
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        sync(device)
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+    return 2 * n ** 3 / best
+
+
+def matmul_params(shape: ModelShape) -> int:
+    """Weights that take part in a matmul, counted dense: q k v o, the MLP, the unembedding
+    (embedding lookups are gathers, norm gains elementwise)."""
+    per_layer = 4 * shape.d_model * shape.n_head * shape.d_head + 2 * shape.d_model * shape.d_mlp
+    return shape.n_layer * per_layer + shape.d_model * shape.vocab_size
+
+
+def train_flops_per_token(shape: ModelShape) -> int:
+    """Model FLOPs of one trained token (forward + backward), PaLM's convention: 6 x the dense
+    matmul params, plus attention's scores and weighted sum, 12 x n_layer x n_ctx x (n_head x d_head),
+    counted over the whole context (no credit or discount for the causal mask or for zero weights)."""
+    return 6 * matmul_params(shape) + 12 * shape.n_layer * shape.n_ctx * shape.n_head * shape.d_head
+
+
+@dataclass
+class Trainer:
+    """One model with its optimizer and sparsifier, stepped exactly as sweep.train does."""
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    sparsifier: WeightSparsifier
+    lr0: float
+    steps: int  # length of the schedule the sparse run follows (its progress goes 0 -> 1 over it)
+    done: int = 0
+
+    def step(self, tokens, generator, cfg, device) -> None:
+        inputs, targets = (t.to(device) for t in sample_batch(tokens, cfg.train.batch_size, cfg.model.n_ctx, generator))
+        step = self.done % self.steps
+        lr = step_lr(self.lr0, step, self.steps, self.sparsifier, cfg.train)
+        train_step(self.model, self.optimizer, self.sparsifier, inputs, targets, lr, (step + 1) / self.steps, cfg.train)
+        self.done += 1
+
+
+def make_trainer(cfg, d_model: int, density: float, steps: int, device: torch.device) -> Trainer:
+    """The job's model, optimizer and sparsifier at this width and density (width_mult = d_model / base)."""
+    width_mult = d_model // cfg.model.base_width
+    shape = ModelShape(VOCAB_SIZE[cfg.data.tokenizer], d_model, cfg.model.n_layer, cfg.model.d_head,
+                       cfg.model.mlp_ratio * d_model, cfg.model.n_ctx, cfg.model.act_topk_frac)
+    torch.manual_seed(cfg.seed)
+    model = GPT(shape).to(device)
+    sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(), density, width_mult, cfg.sparsity)
+    return Trainer(model, build_optimizer(model, cfg.train), sparsifier,
+                   base_lr(cfg.train, density, width_mult), steps)
+
+
+def timed_block(trainer: Trainer, n: int, tokens, generator, cfg, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        trainer.step(tokens, generator, cfg, device)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def step_times(cfg, tokens: torch.Tensor, d_model: int, density: float, rounds: int, block: int,
+               threads: int, device: torch.device) -> dict:
+    """Mean step time of dense (density 1) and sparse training of the same model, measured in
+    alternating blocks (ABBA order, so drift cancels). The sparse run follows the whole density
+    schedule (dense, anneal, target) over its timed steps, as a job does over its training."""
+    torch.set_num_threads(threads)
+    measured = 2 * rounds * block
+    dense, sparse = (make_trainer(cfg, d_model, d, measured, device) for d in (1.0, density))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for trainer in (dense, sparse):  # warm-up (allocator, kernels), then restart the schedule
+        timed_block(trainer, 3, tokens, generator, cfg, device)
+        trainer.done = 0
+    totals = {"dense": 0.0, "sparse": 0.0}
+    for r in range(2 * rounds):
+        order = (("dense", dense), ("sparse", sparse)) if r % 4 in (0, 3) else (("sparse", sparse), ("dense", dense))
+        for name, trainer in order:
+            totals[name] += timed_block(trainer, block, tokens, generator, cfg, device)
+    dense_s, sparse_s = totals["dense"] / measured, totals["sparse"] / measured
+    flops = train_flops_per_token(dense.model.shape) * cfg.train.batch_size * cfg.model.n_ctx
+    _, nonzero = sparse.model.count_params()
+    return {"d_model": d_model, "threads": threads, "steps_each": measured, "dense_step_s": dense_s,
+            "sparse_step_s": sparse_s, "ratio": sparse_s / dense_s, "flops_per_step": flops,
+            "sparse_nonzero_params": nonzero, "total_params": sparse.model.count_params()[0]}
