@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from bench.jobs import job_config, run_child
+from bench.projection import projection_times
 from bench.report import TARGETS, derive, write
 from bench.steps import matmul_peak, step_times
 from sweep.data import load_corpus
@@ -25,7 +26,7 @@ DENSITY = 0.06  # the sparse point: in the quick grid and feasible (min_per_neur
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench", help="folder for results.json / .md")
+    parser.add_argument("--out", type=Path, help="folder for results.json / .md (default: bench/; with --smoke a temporary one)")
     parser.add_argument("--job-steps", type=int, default=300,
                         help="training steps of each width's job (a real job trains train.steps; times are scaled)")
     parser.add_argument("--step-seconds", type=float, default=16.0,
@@ -56,6 +57,8 @@ def main() -> None:
     results["steps"] = [timed_width(cfg, tokens, d, 1, cpu, args) for d in widths]
     results["steps_2_threads"] = [timed_width(cfg, tokens, EXTRA_D_MODEL, 2, cpu, args)]
     torch.set_num_threads(1)
+    results["projection"] = [timed_projection(cfg, tokens, d, cpu, args) for d in widths]
+    torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
@@ -71,7 +74,7 @@ def main() -> None:
                           "steps": [timed_width(cfg, tokens, d, 1, gpu, args) for d in widths]}
     results["bench_wall_s"] = time.perf_counter() - started
     derived = derive(results, real_steps=cfg.train.steps)
-    out = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else args.out
+    out = args.out or (Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else PROJECT_ROOT / "bench")
     write(out, derived)
     print(f"bench: {derived['bench_wall_s']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
     print((out / "results.md").read_text())
@@ -88,6 +91,14 @@ def timed_width(cfg, tokens, d_model: int, threads: int, device, args) -> dict:
     print(f"  d_model {d_model:>4} threads {threads}: dense {1e3 * measured['dense_step_s']:.1f} ms, "
           f"sparse {1e3 * measured['sparse_step_s']:.1f} ms, ratio {measured['ratio']:.3f} "
           f"({measured['steps_each']} steps each)", flush=True)
+    return measured
+
+
+def timed_projection(cfg, tokens, d_model: int, device, args) -> dict:
+    """The top-k projection before (plain topk) and after its speed-up, alternating inside sparse steps."""
+    measured = projection_times(cfg, tokens, d_model, DENSITY, 4 if args.smoke else 40, device)
+    print(f"  d_model {d_model:>4} projection: plain {1e3 * measured['plain_s']:.2f} ms, now "
+          f"{1e3 * measured['fast_s']:.2f} ms ({measured['speedup']:.1f}x)", flush=True)
     return measured
 
 

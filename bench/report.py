@@ -38,12 +38,19 @@ def derive(results: dict, real_steps: int) -> dict:
         # a process's first job also imports MLflow's SQL store (a sweep worker: once for all its jobs)
         job["logging_share_first_job"] = ((job["logging_s"] + job["mlflow_store_import_s"])
                                           / (job["wall_s"] + job["mlflow_store_import_s"]))
+    for p in results.get("projection", []):
+        # before the speed-up: the same step with the plain projection's time in place of the fast one's
+        step = steps[str(p["d_model"])]
+        p["ratio_plain_projection"] = (step["sparse_step_s"] - p["fast_s"] + p["plain_s"]) / step["dense_step_s"]
+        p["share_of_sparse_step"] = p["fast_s"] / step["sparse_step_s"]
     jobs = results["jobs"]
     results.update({
         "sparse_dense_ratio": {k: s["ratio"] for k, s in steps.items()},
         "mfu": {k: s["mfu"] for k, s in steps.items()},
         "mfu_2_threads": {str(s["d_model"]): s["mfu"] for s in results["steps_2_threads"]},
         "prune_train_ratio": {str(j["d_model"]): j["prune_train_ratio"] for j in jobs},
+        "sparse_dense_ratio_plain_projection": {str(p["d_model"]): p["ratio_plain_projection"]
+                                                for p in results.get("projection", [])},
         "peak_rss_mb": {str(j["d_model"]): j["peak_rss_mb"] for j in jobs},
         "logging_share": max(j["logging_share"] for j in jobs),
         "logging_share_first_job": max(j["logging_share_first_job"] for j in jobs),
@@ -78,6 +85,12 @@ def table(r: dict) -> str:
         "MFU (2 threads) | prune / train | job (s, projected) | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    projection = [
+        "| d_model | projection, plain topk (ms) | projection now (ms) | speed-up | share of the sparse step "
+        "| sparse / dense with the plain projection |",
+        "|---|---|---|---|---|---|",
+    ] + [f"| {p['d_model']} | {1e3 * p['plain_s']:.2f} | {1e3 * p['fast_s']:.2f} | {p['speedup']:.1f}x "
+         f"| {p['share_of_sparse_step']:.1%} | {p['ratio_plain_projection']:.3f} |" for p in r.get("projection", [])]
     for step in r["steps"]:
         k, job = str(step["d_model"]), jobs.get(str(step["d_model"]), {})
         lines.append(
@@ -100,6 +113,9 @@ def table(r: dict) -> str:
         f"jobs trained {s['job_steps']} steps, projected to {s['real_job_steps']}; `make bench` took "
         f"{r['bench_wall_s']:.0f} s",
     ]
+    if len(projection) > 2:
+        lines += ["", "The top-k projection before and after its speed-up (alternating step by step in one sparse "
+                  "run at the target density; both leave the same weights):", "", *projection]
     if "gpu" in r:
         g = r["gpu"]
         lines += ["", f"GPU ({g['device']}, fp32 peak {g['matmul_peak_gflops']:.0f} GFLOP/s):", "",

@@ -4,6 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from bench.projection import plain_topk_mask
 from sweep.errors import ConfigError
 from sweep.model import GPT, ModelShape
 from sweep.sparsity import (BANDED_MIN_NUMEL, WeightSparsifier, annealed_density, check_feasible,
@@ -33,19 +34,6 @@ def test_keep_mask_per_neuron_minimum(k, j):
     assert (mask >= forced).all()
 
 
-def reference_mask(w: torch.Tensor, k: int, j: int) -> torch.Tensor:
-    """The projection as first written: topk along rows and columns, then topk over the free entries."""
-    magnitude = w.abs()
-    mask = torch.zeros_like(magnitude, dtype=torch.bool)
-    if j > 0:
-        mask.scatter_(1, magnitude.topk(j, dim=1).indices, True)
-        mask.scatter_(0, magnitude.topk(j, dim=0).indices, True)
-    remaining = k - int(mask.sum())
-    if remaining > 0:
-        mask.view(-1)[magnitude.masked_fill(mask, -1.0).flatten().topk(remaining, sorted=False).indices] = True
-    return mask
-
-
 @pytest.mark.parametrize("shape", [(32, 32), (128, 32), (256, 64), (128, 128), (512, 128), (256, 1024)])
 @pytest.mark.parametrize("j", [0, 1, 2])
 @pytest.mark.parametrize("density", [0.99, 0.7, 0.25, 0.06, 0.015])
@@ -56,8 +44,8 @@ def test_fast_paths_project_like_plain_topk(shape, j, density):
     ws[0][: shape[0] // 8] = 0.0  # all-zero rows: ties at a unit's maximum (j >= 1), at zero (j = 0)
     k = round(density * ws[0].numel())
     for w, mask in zip(ws, keep_masks(ws, k, j)):
-        assert torch.equal(w * mask, w * reference_mask(w, k, j))
-        assert int(mask.sum()) == int(reference_mask(w, k, j).sum())
+        assert torch.equal(w * mask, w * plain_topk_mask(w, k, j))
+        assert int(mask.sum()) == int(plain_topk_mask(w, k, j).sum())
 
 
 def test_banded_selection_keeps_exactly_k_with_ties_at_the_last_value():
@@ -75,7 +63,7 @@ def test_nan_weights_are_ranked_as_topk_ranks_them():
     w = torch.randn(256, 128)
     w[3, 5] = float("nan")
     for j in (0, 1):
-        assert torch.equal(keep_mask(w, 500, j), reference_mask(w, 500, j))
+        assert torch.equal(keep_mask(w, 500, j), plain_topk_mask(w, 500, j))
 
 
 def test_sparsifier_leaves_requested_count_in_every_matrix():

@@ -1,0 +1,76 @@
+"""`make bench`: the machinery runs end to end and computes what it reports (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bench.jobs import LoggingTimer
+from bench.report import fitted_exponent
+from bench.steps import matmul_params, train_flops_per_token
+from conftest import PROJECT_ROOT
+from sweep.model import GPT, ModelShape
+
+
+def test_smoke_run_writes_every_measure_the_issue_names(tmp_path):
+    committed = (PROJECT_ROOT / "bench" / "results.json").read_bytes()
+    result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    r = json.loads((tmp_path / "results.json").read_text())
+    for key, widths in [("sparse_dense_ratio", {"32", "64", "128", "256"}), ("mfu", {"32", "64", "128", "256"}),
+                        ("prune_train_ratio", {"32", "64", "128"}), ("peak_rss_mb", {"32", "64", "128"})]:
+        assert set(r[key]) == widths, key
+        assert all(math.isfinite(v) and v > 0 for v in r[key].values()), (key, r[key])
+    assert 0 < r["logging_share"] < 1
+    assert math.isfinite(r["cost_exponent"])
+    assert all(job["status"] == "finished" for job in r["jobs"])
+    assert all(p["plain_s"] > 0 and p["fast_s"] > 0 for p in r["projection"])
+    # MFU is the sparse step's model FLOP rate over the same run's one-thread matmul peak
+    step = next(s for s in r["steps"] if s["d_model"] == 64)
+    assert r["mfu"]["64"] == pytest.approx(step["flops_per_step"] / step["sparse_step_s"] / (r["matmul_peak_gflops"]["1"] * 1e9))
+    table = (tmp_path / "results.md").read_text()
+    assert "| d_model | params | dense step (ms) | sparse step (ms) | sparse / dense |" in table
+    assert "| 256 | 1,720,320 |" in table
+    assert (PROJECT_ROOT / "bench" / "results.json").read_bytes() == committed  # --out: the measured table stays
+
+
+def test_fitted_exponent_recovers_a_power_law():
+    x = [43_008, 135_168, 466_944]
+    assert fitted_exponent(x, [3.0 * v ** 0.7 for v in x]) == pytest.approx(0.7)
+
+
+def test_model_flops_count_every_matmul_weight_once():
+    """Hand count for d_model 8, 2 heads of 4, MLP 32, 1 layer, vocab 16: q k v o 4 x 8 x 8, MLP 2 x 8 x 32,
+    unembedding 8 x 16; the model's own matrices agree."""
+    shape = ModelShape(vocab_size=16, d_model=8, n_layer=1, d_head=4, d_mlp=32, n_ctx=10)
+    assert matmul_params(shape) == 4 * 64 + 2 * 256 + 128
+    model = GPT(shape)
+    in_matmuls = sum(w.numel() for w in model.hidden_matrices().values())
+    unembedding = shape.d_model * shape.vocab_size
+    assert matmul_params(shape) == in_matmuls + unembedding
+    assert train_flops_per_token(shape) == 6 * 896 + 12 * 1 * 10 * 8
+
+
+def test_logging_timer_counts_nested_store_calls_once():
+    class Store:
+        def log_metrics(self, metrics, step=None):
+            self.flush()
+
+        def flush(self):
+            torch.ones(1)
+
+    timer = LoggingTimer()
+    timer.METHODS = ("log_metrics", "flush")
+    timer.install(Store)
+    Store().log_metrics({"a": 1.0})
+    Store().flush()
+    assert timer.calls == 2 and timer.logged == {"a": 1.0}
+    assert set(timer.by_method) == {"log_metrics", "flush"}
+    assert np.isclose(sum(timer.by_method.values()), timer.seconds)
