@@ -29,7 +29,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="folder for results.json / .md (default: bench/; with --smoke a temporary one)")
     parser.add_argument("--job-steps", type=int, default=300,
                         help="training steps of each width's job (a real job trains train.steps; times are scaled)")
-    parser.add_argument("--step-seconds", type=float, default=16.0,
+    parser.add_argument("--step-seconds", type=float, default=24.0,
                         help="about how long to time sparse and dense steps (together) per width")
     parser.add_argument("--smoke", action="store_true", help="tiny settings: checks that everything runs")
     return parser.parse_args()

@@ -41,7 +41,7 @@ def derive(results: dict, real_steps: int) -> dict:
     for p in results.get("projection", []):
         # before the speed-up: the same step with the plain projection's time in place of the fast one's
         step = steps[str(p["d_model"])]
-        p["ratio_plain_projection"] = (step["sparse_step_s"] - p["fast_s"] + p["plain_s"]) / step["dense_step_s"]
+        p["ratio_plain_projection"] = step["ratio"] + (p["plain_s"] - p["fast_s"]) / step["dense_step_s"]
         p["share_of_sparse_step"] = p["fast_s"] / step["sparse_step_s"]
     jobs = results["jobs"]
     results.update({

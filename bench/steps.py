@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -90,8 +91,8 @@ def timed_block(trainer: Trainer, n: int, tokens, generator, cfg, device) -> flo
 
 def step_times(cfg, tokens: torch.Tensor, d_model: int, density: float, rounds: int, block: int,
                threads: int, device: torch.device) -> dict:
-    """Mean step time of dense (density 1) and sparse training of the same model, measured in
-    alternating blocks (ABBA order, so drift cancels). The sparse run follows the whole density
+    """Step time (median over blocks) of dense (density 1) and sparse training of the same model,
+    measured in alternating blocks (ABBA order, so drift cancels), and the median of their paired ratios. The sparse run follows the whole density
     schedule (dense, anneal, target) over its timed steps, as a job does over its training."""
     torch.set_num_threads(threads)
     measured = 2 * rounds * block
@@ -100,14 +101,17 @@ def step_times(cfg, tokens: torch.Tensor, d_model: int, density: float, rounds: 
     for trainer in (dense, sparse):  # warm-up (allocator, kernels), then restart the schedule
         timed_block(trainer, 3, tokens, generator, cfg, device)
         trainer.done = 0
-    totals = {"dense": 0.0, "sparse": 0.0}
+    blocks: dict[str, list[float]] = {"dense": [], "sparse": []}
     for r in range(2 * rounds):
         order = (("dense", dense), ("sparse", sparse)) if r % 4 in (0, 3) else (("sparse", sparse), ("dense", dense))
         for name, trainer in order:
-            totals[name] += timed_block(trainer, block, tokens, generator, cfg, device)
-    dense_s, sparse_s = totals["dense"] / measured, totals["sparse"] / measured
+            blocks[name].append(timed_block(trainer, block, tokens, generator, cfg, device))
+    # medians: a burst of load from elsewhere on the machine hits a block or two, not the estimate;
+    # the ratio pairs each sparse block with the dense block timed next to it
+    dense_s, sparse_s = (statistics.median(blocks[name]) / block for name in ("dense", "sparse"))
+    ratio = statistics.median(s / d for s, d in zip(blocks["sparse"], blocks["dense"]))
     flops = train_flops_per_token(dense.model.shape) * cfg.train.batch_size * cfg.model.n_ctx
     _, nonzero = sparse.model.count_params()
     return {"d_model": d_model, "threads": threads, "steps_each": measured, "dense_step_s": dense_s,
-            "sparse_step_s": sparse_s, "ratio": sparse_s / dense_s, "flops_per_step": flops,
+            "sparse_step_s": sparse_s, "ratio": ratio, "dense_blocks_s": blocks["dense"], "sparse_blocks_s": blocks["sparse"], "flops_per_step": flops,
             "sparse_nonzero_params": nonzero, "total_params": sparse.model.count_params()[0]}
