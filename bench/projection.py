@@ -43,7 +43,7 @@ def plain_projection():
 def projection_times(cfg, tokens: torch.Tensor, d_model: int, density: float, steps: int,
                      device: torch.device) -> dict:
     """Mean time of one projection, plain and fast, alternating step by step in one sparse training run
-    at its target density (both leave the same weights, tests/test_sparsity.py)."""
+    at its target density (both keep the k largest; tests/test_sparsity.py)."""
     trainer = make_trainer(cfg, d_model, density, 2 * steps, device)
     trainer.done = steps  # the second half of the schedule: the density has reached its target
     generator = torch.Generator().manual_seed(cfg.seed)

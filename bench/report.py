@@ -115,7 +115,7 @@ def table(r: dict) -> str:
     ]
     if len(projection) > 2:
         lines += ["", "The top-k projection before and after its speed-up (alternating step by step in one sparse "
-                  "run at the target density; both leave the same weights):", "", *projection]
+                  "run at the target density; both keep the k largest, differing at most in which of exactly tied entries):", "", *projection]
     if "gpu" in r:
         g = r["gpu"]
         lines += ["", f"GPU ({g['device']}, fp32 peak {g['matmul_peak_gflops']:.0f} GFLOP/s):", "",
