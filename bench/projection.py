@@ -58,9 +58,8 @@ def projection_times(cfg, tokens: torch.Tensor, d_model: int, density: float, st
             sync(device)
         spent[which] += time.perf_counter() - start
 
-    trainer.step(tokens, generator, cfg, device)  # warm-up (not timed: replaced below)
+    trainer.step(tokens, generator, cfg, device)  # warm-up, with the projection not yet timed
     trainer.sparsifier.project = timed
-    spent.update(plain=0.0, fast=0.0)
     for _ in range(2 * (steps // 2)):
         trainer.step(tokens, generator, cfg, device)
     each = steps // 2

@@ -63,7 +63,7 @@ def check_server(config: DictConfig) -> None:
     """A tracking server (tracking.uri=http://...) must answer and its database work before anything runs:
     one error line and exit status 2, never a fallback to another store. Probed once: the validation of
     every point reuses the answer."""
-    if not str(config.tracking.uri).startswith(("http://", "https://")):
+    if not tracking.is_server(config.tracking.uri):
         return
     try:
         tracking.check_server(config.tracking.uri)
@@ -148,7 +148,7 @@ class SweepCallback(Callback):
         tracking.end_parent_run(config.tracking, self.parent_run_id, failed, summary)
         _, experiment_id = tracking.ensure_experiment(config.tracking)
         uri = str(config.tracking.uri)
-        where = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "make ui, then http://127.0.0.1:5000"
+        where = uri.rstrip("/") if tracking.is_server(uri) else "make ui, then http://127.0.0.1:5000"
         print(f"\n{summary}\n\nsweep: {config.hydra.sweep.dir}\nparent run: {self.parent_run_id}\n"
               f"open the runs: {where}/#/experiments/{experiment_id}/runs")
         if failed:

@@ -25,7 +25,8 @@ from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.job import build_model, exit_on_sigterm, resolve_device
 from sweep.points import point_label
 from sweep.prune_stage import run_pruning
-from sweep.tracking import JobRun, check_server, config_hash, end_parent_run, sqlite_path, start_parent_run
+from sweep.tracking import (JobRun, check_server, config_hash, end_parent_run, is_server, sqlite_path,
+                            start_parent_run)
 from sweep.validate import validate
 
 CHANGEABLE = ("prune.", "tasks.", "tracking.")
@@ -54,7 +55,7 @@ def open_store(tracking_uri: str) -> MlflowClient:
     db = sqlite_path(tracking_uri)
     if db is not None and not db.exists():
         raise ConfigError("tracking.uri", tracking_uri, "no MLflow store there; run a sweep first or pass tracking.uri=")
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_server(tracking_uri):
         check_server(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
 

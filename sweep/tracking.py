@@ -32,13 +32,18 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def is_server(uri: str) -> bool:
+    """An MLflow tracking server over HTTP(S), as opposed to a store the client opens itself."""
+    return str(uri).startswith(("http://", "https://"))
+
+
 def check_tracking(tracking_cfg) -> None:
     """A local store's directory must exist or be creatable, and be writable (probed for real); a tracking
     server must answer and its database work (probed once per URI and process)."""
     uri = tracking_cfg.uri
     db = sqlite_path(uri)
     if db is None:
-        if uri.startswith(("http://", "https://")):
+        if is_server(uri):
             check_server(uri)
         elif not uri.startswith(("postgresql://", "mysql://")):
             raise ConfigError("tracking.uri", uri, "allowed: an absolute sqlite:///<path>.db, or an http(s) or SQL server URI")
