@@ -27,7 +27,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: help install sweep search reprune frontier task-losses bench test test-slow test-slurm test-postgres ui clean \
+.PHONY: help install sweep search reprune frontier methods task-losses bench test test-slow test-slurm test-postgres ui clean \
 	docker-build docker-up docker-sweep docker-down
 
 help: ## list the targets
@@ -49,6 +49,10 @@ reprune: $(INSTALLED) ## prune again: RUN=<run id> or EXPERIMENT=<name> (all its
 frontier: $(INSTALLED) ## frontier tables and figures of EXPERIMENT (default frontier) into figures/, logged to its sweep; options in ARGS
 	$(BIN)/python -m analysis frontier --experiment $(or $(EXPERIMENT),frontier) --out figures \
 		$(if $(TRACKING_URI),--tracking-uri $(TRACKING_URI)) $(ARGS)
+
+methods: $(INSTALLED) ## circuit discovery methods side by side on EXPERIMENT's checkpoints (after make reprune PRUNE="prune.method=...") into figures/methods/
+	$(BIN)/python -m analysis methods --experiment $(or $(EXPERIMENT),frontier) --out figures/methods \
+		$(if $(TRACKING_URI),--tracking-uri $(TRACKING_URI))
 
 task-losses: $(INSTALLED) ## full-model loss of every task on every checkpoint of EXPERIMENT (default frontier): the quick suite's calibration
 	$(BIN)/python -m sweep.task_losses --experiment $(or $(EXPERIMENT),frontier) --tracking-uri $(or $(TRACKING_URI),$(STORE))

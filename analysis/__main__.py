@@ -15,7 +15,8 @@ from mlflow.exceptions import MlflowException
 
 from analysis.collapse import CollapseRule
 from analysis.frontier import HV_REFERENCE, check_reference
-from analysis.load import DEFAULT_URI, STAGES, AnalysisError
+from analysis import methods
+from analysis.load import DEFAULT_URI, STAGES, AnalysisError, open_client
 from analysis.report import Options, analyse, summary
 
 EXIT_BAD_INPUT = 2
@@ -42,12 +43,26 @@ def parser() -> argparse.ArgumentParser:
                    help=f"hypervolume reference point (default {HV_REFERENCE[0]:g} nats/byte, {HV_REFERENCE[1]:g} edges)")
     p.add_argument("--no-figures", action="store_true", help="tables only (quick, e.g. while trying collapse thresholds)")
     p.add_argument("--no-log", action="store_true", help="do not log the results to the sweep's parent run")
+    m = commands.add_parser("methods", help="circuit discovery methods side by side on the same checkpoints")
+    m.add_argument("--experiment", required=True, help="MLflow experiment with training and re-prune runs")
+    m.add_argument("--out", type=Path, required=True, help="output folder")
+    m.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI, help="MLflow store")
+    m.add_argument("--no-figures", action="store_true", help="tables only")
     return top
+
+
+def compare_methods(args) -> int:
+    files, table, overlap = methods.compare(open_client(args.tracking_uri), args.experiment, args.out, not args.no_figures)
+    print(methods.summary(table, overlap))
+    print(f"wrote {', '.join(str(f) for f in files)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command == "methods":
+            return compare_methods(args)
         rule = CollapseRule.parse(args.collapse)
         options = Options(out=args.out, experiment=args.experiment, tracking_uri=args.tracking_uri, parent=args.parent,
                           stage=args.stage, from_csv=args.from_csv, common_tasks=args.common_tasks, rule=rule,

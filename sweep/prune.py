@@ -1,9 +1,7 @@
-"""Circuit pruning (method.md 4): learn one mask per node, then bisect to the smallest node set."""
+"""The mechanics every circuit-discovery method shares (method.md 4): the nodes of a model, their
+ablation values, gates that ablate them, and a batched evaluator of candidate node sets."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -14,6 +12,8 @@ from sweep.tasks import task_losses
 
 ABLATIONS = ("mean", "zero")
 Site = tuple[int, str]  # (layer, location)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # tokens, last, target, other
+MAX_SEQUENCES = 4096  # sequences per forward pass when many candidate sets are evaluated at once
 
 
 def node_sites(model: GPT) -> dict[Site, int]:
@@ -49,136 +49,85 @@ def node_means(model: GPT, inputs: torch.Tensor, batch_size: int) -> dict[Site, 
 
 
 class NodeMasks:
-    """One real parameter per node and task row. Forward: a hard 0/1 mask (Heaviside); backward:
-    the sigmoid's derivative (straight-through). A masked node takes its mean, or zero."""
+    """A node hook that gates every node: x -> r + gate * (x - r), r its ablation value (mean or zero).
+    `gates` hold one row of gates per mask set; `rows` says which row each example of the batch uses.
+    With `surrogate` set, the forward pass uses `gates` and the backward pass `surrogate`, for the
+    activation upstream as for the gate itself (straight-through)."""
 
-    def __init__(self, sites: dict[Site, int], n_rows: int, means: dict[Site, torch.Tensor] | None,
-                 init: float = 0.1, device=None):
+    def __init__(self, sites: dict[Site, int], means: dict[Site, torch.Tensor] | None):
         self.sites = sites
-        self.logits = {s: torch.full((n_rows, w), init, device=device, requires_grad=True) for s, w in sites.items()}
         self.means = means  # None: zero ablation
-        self.rows: torch.Tensor | None = None  # task row of each example in the batch, (B,)
-        self.hard: dict[Site, torch.Tensor] | None = None  # fixed 0/1 masks for evaluation
+        self.gates: dict[Site, torch.Tensor] = {}  # (rows, channels)
+        self.surrogate: dict[Site, torch.Tensor] | None = None
+        self.rows: torch.Tensor | None = None  # (B,)
 
-    def soft_count(self) -> torch.Tensor:
-        """Kept nodes per row, differentiable through the straight-through mask, (rows,)."""
-        return sum(self._mask(logits).sum(dim=1) for logits in self.logits.values())
-
-    @staticmethod
-    def _mask(logits: torch.Tensor) -> torch.Tensor:
-        soft = torch.sigmoid(logits)
-        return (logits > 0).float() + soft - soft.detach()
+    def set_flat(self, gates: torch.Tensor) -> None:
+        """Gates for all nodes as one (rows, n_nodes) tensor in `sites` order."""
+        self.gates = split_sites(self.sites, gates)
 
     def __call__(self, layer: int, location: str, x: torch.Tensor) -> torch.Tensor:
         site = (layer, location)
-        replacement = self.means[site] if self.means is not None else torch.zeros(())
+        replacement = self.means[site] if self.means is not None else torch.zeros((), device=x.device)
         delta = x - replacement
-        if self.hard is not None:
-            return replacement + self.hard[site][self.rows][:, None, :] * delta
-        logits = self.logits[site][self.rows][:, None, :]  # (B, 1, C): each example uses its task's row
-        # Forward: exactly the hard mask. Backward: as if the mask were the sigmoid, for the mask
-        # parameter and for everything upstream, so a chain of nodes switched off together can come back.
-        surrogate = torch.sigmoid(logits) * delta
-        return torch.where(logits > 0, x, replacement) + (surrogate - surrogate.detach())
-
-    def flat_scores(self) -> torch.Tensor:
-        """All mask parameters of each row in one vector, (rows, n_nodes), in `sites` order."""
-        return torch.cat([self.logits[s].detach() for s in self.sites], dim=1)
-
-    def keep_top(self, k: torch.Tensor) -> None:
-        """Fix each row's mask to its k[row] highest-scoring nodes."""
-        scores = self.flat_scores()
-        order = scores.argsort(dim=1, descending=True)
-        keep = torch.zeros_like(scores)
-        ranks = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
-        keep.scatter_(1, order, (ranks < k[:, None]).float())
-        self.hard = dict(zip(self.sites, keep.split(list(self.sites.values()), dim=1)))
-
-    def kept_nodes(self, row: int) -> list[str]:
-        """Stable names (`layer.0.attn.q[5]`) of the nodes kept in a row of the hard mask."""
-        return [node_name(layer, loc, int(c)) for (layer, loc), m in self.hard.items()
-                for c in m[row].nonzero().flatten()]
+        out = replacement + self.gates[site][self.rows][:, None, :] * delta  # (B, T, C)
+        if self.surrogate is None:
+            return out
+        soft = replacement + self.surrogate[site][self.rows][:, None, :] * delta
+        return soft + (out - soft).detach()
 
 
-def smallest_k(loss_at: Callable[[int], float], target: float, n: int) -> int | None:
-    """Smallest k in [0, n] with loss_at(k) <= target, by bisection (loss assumed to fall with k);
-    None when even all n nodes miss the target."""
-    if loss_at(n) > target:
-        return None
-    low, high = 0, n
-    while low < high:
-        raise_if_stopped()
-        mid = (low + high) // 2
-        if loss_at(mid) <= target:
-            high = mid
-        else:
-            low = mid + 1
-    return low
+def split_sites(sites: dict[Site, int], flat: torch.Tensor) -> dict[Site, torch.Tensor]:
+    """A (rows, n_nodes) tensor in `sites` order -> one (rows, channels) view per site."""
+    return dict(zip(sites, flat.split(list(sites.values()), dim=1)))
 
 
-@dataclass
-class Circuit:
-    nodes: list[str]  # empty when the target was not reached
-    loss: float  # held-out task loss with only these nodes kept (all nodes, if unsolved)
-    solved: bool
+def node_names(sites: dict[Site, int], keep: torch.Tensor) -> list[str]:
+    """Stable names (`layer.0.attn.q[5]`) of the nodes a (n_nodes,) bool vector keeps."""
+    return [node_name(layer, location, int(c)) for (layer, location), k in split_sites(sites, keep[None]).items()
+            for c in k[0].nonzero().flatten()]
 
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # tokens, last, target, other
-
-
-def _stack(batches: list[Batch]) -> tuple[Batch, torch.Tensor]:
-    """Concatenate the tasks' batches (padding tokens to one length) and say which row each is."""
+def stack_batches(batches: list[Batch]) -> tuple[Batch, torch.Tensor]:
+    """Concatenate batches (padding tokens to one length) and say which batch each example came from."""
     length = max(b[0].shape[1] for b in batches)
     tokens = torch.cat([torch.nn.functional.pad(b[0], (0, length - b[0].shape[1])) for b in batches])
     rest = [torch.cat([b[i] for b in batches]) for i in (1, 2, 3)]
-    rows = torch.cat([torch.full((len(b[1]),), row) for row, b in enumerate(batches)])
+    rows = torch.cat([torch.full((len(b[1]),), row, device=b[1].device) for row, b in enumerate(batches)])
     return (tokens, *rest), rows
 
 
-def _per_row_loss(model: GPT, masks: NodeMasks, batch: Batch, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Mean task loss of each row, (rows,)."""
+def per_row_losses(model: GPT, masks: NodeMasks, batch: Batch, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Mean task loss of the examples of each gate row, (n_rows,)."""
     tokens, last, target, other = batch
     masks.rows = rows
     losses = task_losses(model(tokens), last, target, other)
-    return torch.zeros(n_rows).index_add(0, rows, losses) / torch.bincount(rows, minlength=n_rows)
+    totals = torch.zeros(n_rows, device=losses.device).index_add(0, rows, losses)
+    return totals / torch.bincount(rows, minlength=n_rows)
 
 
-def prune(model: GPT, train: list[Batch], heldout: list[Batch], means: dict[Site, torch.Tensor] | None,
-          target_loss: float, steps: int, penalty: float, lr: float) -> list[Circuit]:
-    """The smallest circuit of every task at once: one mask row per task, one optimisation."""
-    sites, n_rows = node_sites(model), len(train)
-    masks = NodeMasks(sites, n_rows, means)
-    train_batch, train_rows = _stack(train)
-    optimizer = torch.optim.Adam(list(masks.logits.values()), lr=lr)
-    frozen = [p.requires_grad_(False) for p in model.parameters()]
-    try:
-        with model.hooked(masks):
-            for _ in range(steps):
+class Evaluator:
+    """Held-out task loss of many candidate node sets at once: every candidate is a gate row and
+    its task's held-out prompts are repeated for it, in forward passes of up to MAX_SEQUENCES."""
+
+    def __init__(self, model: GPT, heldout: list[Batch], means: dict[Site, torch.Tensor] | None):
+        self.model, self.heldout = model, heldout
+        self.sites = node_sites(model)
+        self.n_nodes = sum(self.sites.values())
+        self.masks = NodeMasks(self.sites, means)
+        self.device = next(model.parameters()).device
+        self.trials = 0  # candidate sets evaluated so far
+
+    @torch.no_grad()
+    def losses(self, candidates: list[tuple[int, torch.Tensor]]) -> list[float]:
+        """Held-out loss of each (task index, (n_nodes,) bool keep-vector) candidate."""
+        self.trials += len(candidates)
+        out: list[float] = []
+        per_forward = max(1, MAX_SEQUENCES // max(len(b[1]) for b in self.heldout))
+        with self.model.hooked(self.masks):
+            for i in range(0, len(candidates), per_forward):
                 raise_if_stopped()
-                loss = _per_row_loss(model, masks, train_batch, train_rows, n_rows).sum()
-                loss = loss + penalty * masks.soft_count().sum()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            return [_discretise(model, masks, row, heldout[row], target_loss) for row in range(n_rows)]
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-
-
-@torch.no_grad()
-def _discretise(model: GPT, masks: NodeMasks, row: int, heldout: Batch, target_loss: float) -> Circuit:
-    """Bisect on k over this row's ranking: the smallest top-k node set reaching the target."""
-    rows = torch.full((len(heldout[1]),), row)
-    n_nodes = sum(masks.sites.values())
-    k_all = torch.zeros(masks.flat_scores().shape[0], dtype=torch.long)
-
-    def loss_at(k: int) -> float:
-        masks.keep_top(k_all + k)
-        return _per_row_loss(model, masks, heldout, rows, len(k_all))[row].item()
-
-    k = smallest_k(loss_at, target_loss, n_nodes)
-    loss = loss_at(n_nodes if k is None else k)
-    nodes = [] if k is None else masks.kept_nodes(row)
-    masks.hard = None
-    return Circuit(nodes=nodes, loss=loss, solved=k is not None)
+                chunk = candidates[i:i + per_forward]
+                batch, rows = stack_batches([self.heldout[task] for task, _ in chunk])
+                self.masks.set_flat(torch.stack([keep for _, keep in chunk]).float().to(self.device))
+                out += per_row_losses(self.model, self.masks, batch, rows, len(chunk)).tolist()
+        return out

@@ -8,14 +8,17 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from sweep import names, tasks
-from sweep.circuit import circuit_edges, draw, parse_nodes, write_json
+from sweep.circuit import circuit_edges, draw, write_json
 from sweep.data import eval_windows
+from sweep.discovery import METHODS, find_circuits
+from sweep.discretise import Circuit
 from sweep.errors import ConfigError
 from sweep.model import GPT
-from sweep.prune import ABLATIONS, NodeMasks, node_means, prune
+from sweep.prune import ABLATIONS, Evaluator, node_means, node_names
+from sweep.prune_mask import GATES
 
 
 def task_names(tasks_cfg: DictConfig) -> list[str]:
@@ -32,56 +35,56 @@ def task_names(tasks_cfg: DictConfig) -> list[str]:
 
 
 def check_prune_config(cfg: DictConfig) -> None:
-    """Config-time checks of the pruning stage: the tasks, the target, the ablation."""
-    if cfg.prune.ablation not in ABLATIONS:
-        raise ConfigError("prune.ablation", cfg.prune.ablation, f"allowed: {', '.join(ABLATIONS)}")
-    target = cfg.prune.target_loss
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
-        raise ConfigError("prune.target_loss", target, "must be a number > 0 (chance is ln 2 = 0.693)")
+    """Config-time checks of the pruning stage: the method and its settings, the tasks, the target."""
+    p = cfg.prune
+    for key, allowed in (("method", tuple(METHODS)), ("ablation", ABLATIONS), ("gate", GATES)):
+        if p[key] not in allowed:
+            raise ConfigError(f"prune.{key}", p[key], f"allowed: {', '.join(allowed)}")
+    if not _positive(p.target_loss):
+        raise ConfigError("prune.target_loss", p.target_loss, "must be a number > 0 (chance is ln 2 = 0.693)")
+    ladder = list(p.penalty) if isinstance(p.penalty, ListConfig) else [p.penalty]
+    if not ladder or not all(_positive(v) or v == 0 for v in ladder):
+        raise ConfigError("prune.penalty", p.penalty, "must be a number >= 0 or a non-empty list of them (a ladder)")
+    for key in ("restarts", "attribution_steps"):
+        if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
+            raise ConfigError(f"prune.{key}", p[key], "must be an integer >= 1")
+    temperature = list(p.temperature) if isinstance(p.temperature, ListConfig) else None
+    if not temperature or len(temperature) != 2 or not all(_positive(t) for t in temperature):
+        raise ConfigError("prune.temperature", p.temperature, "must be [start, end], two numbers > 0")
     for name in [*task_names(cfg.tasks), tasks.CONTROL]:
         tasks.check_task(name, cfg.model.n_ctx, cfg.seed, cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.tasks.preamble)
 
 
-@torch.no_grad()
-def _loss(model: GPT, batch, masks: NodeMasks | None = None) -> float:
-    tokens, last, target, other = batch
-    if masks is None:
-        return tasks.task_loss(model(tokens), last, target, other).item()
-    masks.rows = torch.zeros(len(last), dtype=torch.long)
-    with model.hooked(masks):
-        return tasks.task_loss(model(tokens), last, target, other).item()
-
-
-def _ablate_only(model: GPT, nodes: list[str], means) -> NodeMasks:
-    """Masks that keep every node except the circuit's (the necessity check)."""
-    kept = parse_nodes(model, nodes)
-    masks = NodeMasks({site: len(k) for site, k in kept.items()}, 1, means)
-    masks.hard = {site: (~k).float()[None, :] for site, k in kept.items()}
-    return masks
+def _positive(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
 def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(max(v, 1)) for v in values) / len(values)) if values else float("nan")
 
 
-def judge(model: GPT, task_set: tasks.TaskSet, circuit, batch, means, target_loss: float):
-    """A circuit's size and honesty checks (per-task metric values) and its edges."""
+def judge(model: GPT, task_set: tasks.TaskSet, task: int, circuit: Circuit, evaluator: Evaluator, target_loss: float):
+    """A circuit's size and honesty checks (per-task metric values), its node names and its edges."""
     is_control = task_set.name == tasks.CONTROL
-    full_loss = _loss(model, batch)
+    everything = torch.ones(evaluator.n_nodes, dtype=torch.bool)
+    full_loss, = evaluator.losses([(task, everything)])
+    values = {"loss": circuit.loss, "full_loss": full_loss, "cue_distance": tasks.cue_distance(task_set)}
     if not circuit.solved:
         nan = math.nan
-        return {"nodes": nan, "edges": nan, "loss": circuit.loss, "full_loss": full_loss, "solved": 0.0,
-                "necessity_loss": full_loss, "beats_model": 0.0}, []
+        return {**values, "nodes": nan, "edges": nan, "solved": 0.0, "necessity_loss": full_loss, "beats_model": 0.0,
+                "nodes_before_pass": nan, "nodes_restart_median": nan}, [], []
+    nodes = node_names(evaluator.sites, circuit.keep)
     examples = task_set.train + task_set.heldout
     inputs = {b for e in examples for b in e.prompt.encode()}
     answers = {e.target.encode()[0] for e in examples}
-    edges = circuit_edges(model, circuit.nodes, inputs, answers)
+    edges = circuit_edges(model, nodes, inputs, answers)
     model_reaches = full_loss <= target_loss
-    return {"nodes": len(circuit.nodes), "edges": len(edges), "loss": circuit.loss, "full_loss": full_loss,
+    necessity_loss, = evaluator.losses([(task, ~circuit.keep)])
+    return {**values, "nodes": len(nodes), "edges": len(edges),
             # the control has no rule for the model to follow: reaching the target at all is its "solved"
-            "solved": float(model_reaches or is_control),
-            "necessity_loss": _loss(model, batch, _ablate_only(model, circuit.nodes, means)),
-            "beats_model": float(not model_reaches and not is_control)}, edges
+            "solved": float(model_reaches or is_control), "necessity_loss": necessity_loss,
+            "beats_model": float(not model_reaches and not is_control),
+            "nodes_before_pass": circuit.nodes_before_pass, "nodes_restart_median": circuit.restart_median}, nodes, edges
 
 
 def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metrics, log_artifacts) -> dict:
@@ -97,24 +100,23 @@ def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metri
     heldout = [on_device(tasks.encode(s.heldout)) for s in sets]
     text, _ = eval_windows(val_tokens, n_ctx, p.mean_windows)
     means = node_means(model, text.to(device), cfg.train.batch_size) if p.ablation == "mean" else None
-    model.eval()
-    circuits = prune(model, train, heldout, means, p.target_loss, p.steps, p.penalty, p.lr)
+    circuits, evaluator = find_circuits(model, train, heldout, means, p)
 
     metrics: dict[str, float] = {}
     solved_edges, solved_nodes = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for task_set, circuit, batch in zip(sets, circuits, heldout):
-            values, edges = judge(model, task_set, circuit, batch, means, p.target_loss)
+        for task, (task_set, circuit) in enumerate(zip(sets, circuits)):
+            values, nodes, edges = judge(model, task_set, task, circuit, evaluator, p.target_loss)
             is_control = task_set.name == tasks.CONTROL
             if values["solved"] and not is_control:
                 solved_edges.append(len(edges))
-                solved_nodes.append(len(circuit.nodes))
+                solved_nodes.append(len(nodes))
             metrics.update({names.circuit_metric("control" if is_control else task_set.name, k): v
                             for k, v in values.items()})
             write_json(Path(tmp) / f"{task_set.name}.json",
                        {"task": task_set.name, **values, "target_loss": p.target_loss, "ablation": p.ablation,
-                        "nodes": circuit.nodes, "edges": [list(e) for e in edges]})
-            draw(Path(tmp) / f"{task_set.name}.png", task_set.name, circuit.nodes, edges, model.shape.n_layer)
+                        "method": p.method, "nodes": nodes, "edges": [list(e) for e in edges]})
+            draw(Path(tmp) / f"{task_set.name}.png", task_set.name, nodes, edges, model.shape.n_layer)
         metrics.update({names.EDGES_GEOMEAN: _geomean(solved_edges), names.NODES_GEOMEAN: _geomean(solved_nodes),
                         names.TASKS_SOLVED_FRAC: len(solved_edges) / (len(task_list) - 1),
                         names.TIME_PRUNE: time.perf_counter() - start})

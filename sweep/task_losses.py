@@ -8,6 +8,7 @@ quick suite (README). Reads the checkpoints MLflow stores; trains nothing.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -41,10 +42,15 @@ def checkpoints(client, experiment: str):
 
 @torch.no_grad()
 def table(columns, task_names: list[str], n_heldout: int = 64, seed: int = 0) -> str:
-    """Markdown: one row per task, one column per checkpoint; held-out task loss (chance ln 2)."""
-    lines = ["| task | " + " | ".join(label for label, _, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    """Markdown: one row per task, its cue distance (median, range; 0: the last token decides, no
+    attention needed), then one column per checkpoint: held-out task loss (chance ln 2)."""
+    lines = ["| task | cue distance | " + " | ".join(label for label, _, _ in columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]
     for name in task_names:
-        cells = []
+        cfg = columns[0][2]
+        distances = tasks.pair_cue_distances(tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble))
+        median = statistics.median(distances)
+        cells = [f"{median:g} ({min(distances)}-{max(distances)})" + (" last token" if max(distances) == 0 else "")]
         for _, model, cfg in columns:
             held_out = tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble).heldout
             tokens, last, target, other = tasks.encode(held_out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -259,6 +260,27 @@ def check_task(name: str, n_ctx: int, seed: int = 0, n_train: int = 8, n_heldout
         for token in (example.target, example.other):
             if len(token.encode()) != 1:
                 raise ConfigError("tasks.names", name, f"contrast {token!r} is not a single byte token")
+
+
+def pair_cue_distances(task_set: TaskSet) -> list[int]:
+    """How far back a task's evidence lies, per pair: align the two prompts at their ends; the cue
+    distance is how many tokens before the last one they first differ (0: the last tokens differ, as
+    `else` / `elif` do, and no attention is needed)."""
+    examples = task_set.train + task_set.heldout
+    return [_first_difference_from_end(list(a.prompt.encode()), list(b.prompt.encode()))
+            for a, b in zip(examples[::2], examples[1::2])]
+
+
+def cue_distance(task_set: TaskSet) -> float:
+    """The median cue distance over the task's pairs."""
+    return float(statistics.median(pair_cue_distances(task_set)))
+
+
+def _first_difference_from_end(a: list[int], b: list[int]) -> int:
+    for back in range(min(len(a), len(b))):
+        if a[-1 - back] != b[-1 - back]:
+            return back
+    return min(len(a), len(b))  # one prompt ends the other: they differ just before the shorter one starts
 
 
 def load_yaml_task(path: Path) -> str:

@@ -100,8 +100,9 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "tasks.n_train", 1)
     _integer(cfg, "tasks.n_heldout", 1)
     _integer(cfg, "prune.steps", 1)
-    _number(cfg, "prune.penalty", 0.0)
     _number(cfg, "prune.lr", 0.0, low_open=True)
+    _number(cfg, "prune.init", -1.0, 1.0)
+    _number(cfg, "prune.init_noise", 0.0)
     _integer(cfg, "prune.mean_windows", 1)
     if cfg.prune.enabled:
         check_prune_config(cfg)

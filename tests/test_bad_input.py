@@ -24,6 +24,13 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["tasks.suite=huge"], "tasks.suite", "allowed: paper, quick"),
     (["prune.target_loss=0"], "prune.target_loss", "> 0"),
     (["prune.ablation=resample"], "prune.ablation", "allowed: mean, zero"),
+    (["prune.method=magic"], "prune.method", "allowed: mask, attribution"),
+    (["prune.restarts=0"], "prune.restarts", "integer >= 1"),
+    (["prune.penalty=[]"], "prune.penalty", "non-empty list"),
+    (["prune.penalty=[0.001,-0.01]"], "prune.penalty", ">= 0"),
+    (["prune.penalty=-1"], "prune.penalty", ">= 0"),
+    (["prune.gate=soft"], "prune.gate", "allowed: annealed, straight_through"),
+    (["prune.temperature=[1.0]"], "prune.temperature", "[start, end]"),
     (["tasks.preamble=sometimes"], "tasks.preamble", "allowed: true, false"),
     (["model.n_ctx=16"], "tasks.names", "needed"),  # the quick tasks' prompts cannot fit
 ]

@@ -1,32 +1,108 @@
-"""Pruning: bisection, ablation values, and a circuit planted by hand in a tiny model."""
+"""Pruning mechanics: the gates and their estimator, bisection and the minimality pass, the batched
+evaluator, restarts, edge counting, and bad prune settings."""
 
 import random
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from sweep import tasks
 from sweep.circuit import circuit_edges, draw
+from sweep.discovery import find_circuits
+from sweep.discretise import run_searches, search, smallest_circuits
 from sweep.model import GPT, ModelShape
-from sweep.prune import NodeMasks, node_means, node_sites, prune, smallest_k
+from sweep.prune import Evaluator, NodeMasks, node_names, node_sites
 
+PRUNE = OmegaConf.load("conf/prune/mean.yaml")
 PLANTED = ["layer.0.mlp.in[0]", "layer.0.mlp.hidden[0]", "layer.0.mlp.hidden[1]", "layer.0.mlp.out[1]"]
 
 
-@pytest.mark.parametrize("threshold", [0, 1, 17, 63, 64])
-def test_bisection_returns_the_smallest_k_on_a_monotone_loss(threshold):
+def test_straight_through_gate_passes_the_sigmoid_upstream():
+    """Forward: the hard gate; backward: d out / d x = sigmoid(l) and d out / d l = sigmoid'(l) (x - r)."""
+    sites = {(0, "mlp.in"): 3}
+    masks = NodeMasks(sites, {(0, "mlp.in"): torch.tensor([0.5, 0.5, 0.5])})
+    logits = torch.tensor([[2.0, -2.0, 2.0]], requires_grad=True)
+    masks.set_flat((logits > 0).float())
+    masks.surrogate = {(0, "mlp.in"): torch.sigmoid(logits)}
+    masks.rows = torch.zeros(1, dtype=torch.long)
+    x = torch.tensor([[[1.0, 3.0, -1.0]]], requires_grad=True)
+    out = masks(0, "mlp.in", x)
+    assert out.tolist() == [[[1.0, 0.5, -1.0]]]  # kept, replaced by its mean, kept
+    out.sum().backward()
+    assert torch.allclose(x.grad, torch.sigmoid(logits.detach())[None])
+    s = torch.sigmoid(logits.detach())
+    assert torch.allclose(logits.grad, s * (1 - s) * torch.tensor([[0.5, 2.5, -1.5]]))
+
+
+def test_ablation_substitutes_the_mean_or_zero():
+    model = planted_model()
+    sites = node_sites(model)
+    seen = {}
+
+    def capture(layer, location, x):
+        seen[(layer, location)] = x
+        return x
+
+    for means, expected in (({s: torch.full((w,), 0.5) for s, w in sites.items()}, 0.5), (None, 0.0)):
+        masks = NodeMasks(sites, means)
+        masks.set_flat(torch.zeros(1, sum(sites.values())))  # every node ablated
+        masks.rows = torch.zeros(2, dtype=torch.long)
+        model.node_hooks[:] = [masks, capture]
+        with torch.no_grad():
+            model(torch.randint(0, 256, (2, 5)))
+        model.node_hooks.clear()
+        assert all(torch.all(x == expected) for x in seen.values())
+
+
+def drive(scores, needed, n, target=0.15):
+    """Run a search against a loss that reaches the target exactly when every `needed` node is kept."""
     calls = []
 
-    def loss_at(k):
-        calls.append(k)
-        return 0.1 if k >= threshold else 0.9
+    def losses(candidates):
+        calls.append(len(candidates))
+        return [0.1 if all(keep[i] for i in needed) else 0.9 for _, keep in candidates]
 
-    assert smallest_k(loss_at, 0.15, 64) == threshold
-    assert len(calls) <= 8  # log2(64) + the check of all 64
+    (found,) = run_searches([(0, search(torch.tensor(scores, dtype=torch.float), target))], losses)
+    return found, calls
 
 
-def test_bisection_reports_an_unreachable_target():
-    assert smallest_k(lambda k: 0.5, 0.15, 64) is None
+@pytest.mark.parametrize("seed", range(5))
+def test_bisection_then_the_pass_keep_exactly_the_needed_nodes(seed):
+    rng = random.Random(seed)
+    n = 200
+    needed = set(rng.sample(range(n), 7))
+    scores = [rng.random() + (0.3 if i in needed else 0.0) for i in range(n)]  # needed nodes rank high, not first
+    found, calls = drive(scores, needed, n)
+    assert set(found.keep.nonzero().flatten().tolist()) == needed
+    ranked = sorted(range(n), key=lambda i: -scores[i])
+    assert found.before_pass == max(ranked.index(i) for i in needed) + 1  # the bisection's prefix
+    assert sum(calls) < 2 * found.before_pass + 12  # batched guesses waste little
+
+
+def test_an_unreachable_target_is_unsolved():
+    found, calls = drive([1.0, 0.5], needed={0}, n=2, target=0.05)
+    assert found.keep is None and found.loss == 0.1 and calls == [1]  # the whole model's loss
+
+
+def test_the_pass_is_one_at_a_time_removal():
+    """With interacting nodes the order matters: lowest ranked first, each tried against the current set."""
+    def losses(candidates):  # node 0 or node 1 is needed (either), and node 2
+        return [0.1 if (keep[0] or keep[1]) and keep[2] else 0.9 for _, keep in candidates]
+
+    (found,) = run_searches([(0, search(torch.tensor([3.0, 2.0, 1.0, 0.5]), 0.15))], losses)
+    assert found.keep.tolist() == [True, False, True, False]  # node 1 (lower ranked) went first
+
+
+def test_the_smallest_circuit_over_rankings_and_the_median():
+    def losses(candidates):
+        return [0.1 if keep[0] and keep[1] else 0.9 for _, keep in candidates]
+
+    rankings = [[torch.tensor([5.0, 4.0, 3.0, 2.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])]]
+    (circuit,) = smallest_circuits(rankings, losses, 0.15)
+    assert circuit.keep.tolist() == [True, True, False, False]
+    assert circuit.restart_sizes == [2, 2] and circuit.restart_median == 2.0
+    assert circuit.nodes_before_pass == 2.0  # the first ranking's prefix; the second needed all 4
 
 
 def planted_model() -> GPT:
@@ -55,46 +131,28 @@ def planted_task(n: int, seed: int):
     return tasks.encode(examples)
 
 
-@pytest.mark.parametrize("ablation", ["mean", "zero"])
-def test_pruning_finds_the_planted_circuit(ablation):
-    model = planted_model()
-    text = torch.randint(0, 256, (64, 16), generator=torch.Generator().manual_seed(1))
-    means = node_means(model, text, 16) if ablation == "mean" else None
-    (circuit,) = prune(model, [planted_task(32, 0)], [planted_task(32, 1)], means,
-                       target_loss=0.15, steps=200, penalty=0.01, lr=0.1)
-    assert circuit.solved and circuit.loss <= 0.15
-    assert len(circuit.nodes) <= len(PLANTED)
-    assert set(circuit.nodes) == set(PLANTED)
-
-
-def test_ablation_substitutes_the_mean_or_zero():
-    model = planted_model()
-    sites = node_sites(model)
-    means = {s: torch.full((w,), 0.5) for s, w in sites.items()}
-    seen = {}
-
-    def capture(layer, location, x):
-        seen[(layer, location)] = x
-        return x
-
-    for ablation_means, expected in ((means, 0.5), (None, 0.0)):
-        masks = NodeMasks(sites, n_rows=1, means=ablation_means, init=-1.0)  # every node masked
-        masks.rows = torch.zeros(2, dtype=torch.long)
-        model.node_hooks[:] = [masks, capture]
-        with torch.no_grad():
-            model(torch.randint(0, 256, (2, 5)))
-        model.node_hooks.clear()
-        assert all(torch.all(x == expected) for x in seen.values())
-
-
-def test_two_tasks_share_one_optimisation_with_their_own_rows():
-    model = planted_model()
-    text = torch.randint(0, 256, (64, 16), generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("method", ["mask", "attribution"])
+def test_two_tasks_and_a_penalty_ladder_in_one_search(method):
+    model = planted_model()  # under zero ablation all four planted nodes are needed (mean: hidden[0]'s mean will do)
     chance = tasks.encode([tasks.Example("cc" + c, "q", "r") for c in "cdefgh" for _ in range(4)])
-    circuits = prune(model, [planted_task(32, 0), chance], [planted_task(32, 1), chance],
-                     node_means(model, text, 16), target_loss=0.15, steps=200, penalty=0.01, lr=0.1)
-    assert circuits[0].solved and set(circuits[0].nodes) == set(PLANTED)
-    assert not circuits[1].solved and circuits[1].nodes == []  # nothing predicts q over r
+    cfg = OmegaConf.merge(PRUNE, {"method": method, "target_loss": 0.15, "steps": 100,
+                                  "penalty": [0.0003, 0.001, 0.003], "restarts": 2})
+    circuits, evaluator = find_circuits(model, [planted_task(32, 0), chance], [planted_task(32, 1), chance],
+                                        None, cfg)
+    assert circuits[0].solved and set(node_names(evaluator.sites, circuits[0].keep)) == set(PLANTED)
+    assert len(circuits[0].restart_sizes) == (6 if method == "mask" else 1)
+    assert circuits[0].restart_median == 4.0
+    assert not circuits[1].solved  # nothing predicts q over r
+
+
+def test_the_evaluator_batches_candidates_of_several_tasks():
+    model = planted_model()
+    evaluator = Evaluator(model, [planted_task(8, 1), planted_task(4, 2)], None)
+    keep = torch.tensor([name in PLANTED for name in node_names(evaluator.sites, torch.ones(evaluator.n_nodes, dtype=torch.bool))])
+    together = evaluator.losses([(0, keep), (1, keep), (0, ~keep), (1, torch.ones_like(keep))])
+    alone = [evaluator.losses([c])[0] for c in [(0, keep), (1, keep), (0, ~keep), (1, torch.ones_like(keep))]]
+    assert together == pytest.approx(alone, abs=1e-6)
+    assert together[0] < 0.15 and together[2] == pytest.approx(0.693, abs=0.01)
 
 
 def test_edges_of_the_planted_circuit_count_by_hand(tmp_path):
@@ -117,3 +175,11 @@ def test_edges_of_the_planted_circuit_count_by_hand(tmp_path):
 
     draw(tmp_path / "planted.png", "planted", PLANTED, edges, n_layer=1)
     assert (tmp_path / "planted.png").stat().st_size > 1000
+
+
+def test_cue_distance_aligns_the_prompts_at_their_ends():
+    for name, expected in (("else_elif", 0.0), ("lambda_func", 1.0), ("final_kwarg", 0.0), ("for_while", 3.0)):
+        assert tasks.cue_distance(tasks.generate(name, 8, 8, 0, 64, False)) == expected, name
+    assert tasks._first_difference_from_end(list(b"x = 'abc"), list(b'x = "abc')) == 3
+    assert tasks._first_difference_from_end(list(b"while True"), list(b"return True")) == 5
+    assert tasks._first_difference_from_end(list(b"[1]"), list(b"[[1]")) == 3  # one prompt ends the other

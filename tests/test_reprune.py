@@ -4,6 +4,7 @@ import hashlib
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from conftest import PROJECT_ROOT
@@ -69,23 +70,46 @@ def test_reprune_bad_input(trained, case):
     assert len(sweep.runs()) == runs_before
 
 
-def test_reprune_a_whole_experiment_and_resume_it(sweep):
+def test_reprune_a_whole_experiment_with_another_method_and_compare(sweep, tmp_path):
     result = sweep.run("sparsity.density=1,0.5", multirun=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    trained = {r.info.run_id for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB}
-    args = ["--experiment", "frontier", "prune.ablation=zero", "tasks.names=[else_elif]"]
+    runs = [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
+    trained = {r.info.run_id for r in runs}
+    # tiny models miss the quick target: a target just above their own task loss gives both methods a circuit
+    target = max(r.data.metrics[names.circuit_metric("else_elif", "full_loss")] for r in runs) + 0.02
+    common = ["--experiment", "frontier", f"prune.target_loss={target}", "tasks.names=[else_elif]"]
 
-    first = reprune(sweep, *args)
-    assert first.returncode == 0, first.stderr[-3000:]
+    for method in ("attribution", "mask"):
+        first = reprune(sweep, *common, f"prune.method={method}")
+        assert first.returncode == 0, first.stderr[-3000:]
     repruned = [r for r in sweep.runs() if r.data.tags.get(names.TAG_STAGE) == "prune"]
-    assert {r.data.tags[names.TAG_TRAIN_RUN] for r in repruned} == trained
-    assert all(r.info.status == "FINISHED" and r.data.params["prune.ablation"] == "zero" for r in repruned)
-    (parent,) = {r.data.tags[names.TAG_PARENT] for r in repruned}
-    assert sweep.client.get_run(parent).data.tags[names.TAG_KIND] == names.KIND_PARENT
+    assert len(repruned) == 4 and {r.data.tags[names.TAG_TRAIN_RUN] for r in repruned} == trained
+    assert {r.data.params["prune.method"] for r in repruned} == {"attribution", "mask"}
+    assert all(r.info.status == "FINISHED" and r.data.metrics[names.circuit_metric("else_elif", "solved")] == 1
+               for r in repruned)
+    parents = {r.data.tags[names.TAG_PARENT] for r in repruned}
+    assert len(parents) == 2 and all(sweep.client.get_run(p).data.tags[names.TAG_KIND] == names.KIND_PARENT for p in parents)
 
-    again = reprune(sweep, *args)  # matched by config hash: nothing left to do
+    again = reprune(sweep, *common, "prune.method=attribution")  # matched by config hash: nothing left to do
     assert again.returncode == 0 and "re-pruning 0 of 2" in again.stdout
-    assert len([r for r in sweep.runs() if r.data.tags.get(names.TAG_STAGE) == "prune"]) == 2
+    assert len([r for r in sweep.runs() if r.data.tags.get(names.TAG_STAGE) == "prune"]) == 4
+
+    out = tmp_path / "methods"
+    compared = subprocess.run([sys.executable, "-m", "analysis", "methods", "--experiment", "frontier", "--out", str(out),
+                               "--tracking-uri", sweep.uri], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    table = pd.read_csv(out / "methods.csv")
+    assert set(table["method"]) == {"attribution, mean ablation", "mask, mean ablation"}
+    # per checkpoint and method one else_elif row: the mask re-prune stands for the training run's own pruning
+    assert len(table[table["task"] == "else_elif"]) == 4
+    overlap = pd.read_csv(out / "methods_overlap.csv")
+    assert len(overlap) == 2 and overlap["jaccard"].between(0, 1).all()
+    assert (overlap["shared"] <= overlap[["nodes_a", "nodes_b"]].min(axis=1)).all()
+    solved = table[table["task"] == "else_elif"].set_index(["checkpoint", "method"])["nodes"]
+    for _, row in overlap.iterrows():  # the node sets read back from the circuit artifacts match the metrics
+        assert row["nodes_a"] == solved[(row["checkpoint"], row["method_a"])]
+        assert row["nodes_b"] == solved[(row["checkpoint"], row["method_b"])]
+    assert (out / "methods.png").stat().st_size > 10_000 and "overlap attribution" in compared.stdout
 
 
 def test_reprune_an_unknown_experiment(trained):
@@ -102,9 +126,10 @@ def test_task_loss_table_of_an_experiment(trained):
     result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     header, _, *rows = result.stdout.strip().splitlines()
-    assert header == "| task | w1d0.5s0 |"
+    assert header == "| task | cue distance | w1d0.5s0 |"
     assert [row.split("|")[1].strip() for row in rows] == ["else_elif", "lambda_func"]
-    assert all(0 < float(row.split("|")[2]) < 20 for row in rows)
+    assert [row.split("|")[2].strip() for row in rows] == ["0 (0-0) last token", "1 (1-1)"]
+    assert all(0 < float(row.split("|")[3]) < 20 for row in rows)
     missing = subprocess.run([*cmd[:3], "--experiment", "nope", *cmd[3:]], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode == 2 and "--experiment='nope'" in missing.stderr

@@ -1,0 +1,24 @@
+"""Circuit discovery methods behind one interface (`prune.method`): a method ranks the nodes of every
+task, (model, task batches, ablation values, prune config) -> per task a list of score vectors; the
+shared discretisation (sweep/discretise.py) turns rankings into circuits."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from sweep import prune_attribution, prune_mask
+from sweep.discretise import Circuit, smallest_circuits
+from sweep.model import GPT
+from sweep.prune import Batch, Evaluator, Site
+
+METHODS = {"mask": prune_mask.rank, "attribution": prune_attribution.rank}
+
+
+def find_circuits(model: GPT, train: list[Batch], heldout: list[Batch], means: dict[Site, torch.Tensor] | None,
+                  cfg: DictConfig) -> tuple[list[Circuit], Evaluator]:
+    """Every task's smallest circuit by `cfg.method` (a prune config); the evaluator knows the node names."""
+    model.eval()
+    rankings = METHODS[cfg.method](model, train, means, cfg)
+    evaluator = Evaluator(model, heldout, means)
+    return smallest_circuits(rankings, evaluator.losses, cfg.target_loss), evaluator
