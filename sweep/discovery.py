@@ -21,4 +21,4 @@ def find_circuits(model: GPT, train: list[Batch], heldout: list[Batch], means: d
     model.eval()
     rankings = METHODS[cfg.method](model, train, means, cfg)
     evaluator = Evaluator(model, heldout, means)
-    return smallest_circuits(rankings, evaluator.losses, cfg.target_loss), evaluator
+    return smallest_circuits(rankings, evaluator.losses, cfg.target_loss, cfg.passes), evaluator

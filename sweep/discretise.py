@@ -1,7 +1,9 @@
-"""From node rankings to circuits (method.md 4, steps 4-5): bisection on each ranking to the smallest
-prefix that reaches the target, then a minimality pass that drops the prefix's nodes one at a time,
-lowest ranked first, while the held-out loss stays within the target. A task's circuit is the
-smallest over its rankings (restarts, penalties)."""
+"""From node rankings to circuits (method.md 4, steps 4-5). Bisection on every ranking of a task
+(restarts, penalties) finds the smallest prefix that reaches the target on held-out prompts; the
+`passes` smallest prefixes then go through a minimality pass that drops their nodes one at a time,
+lowest ranked first, while the held-out loss stays within the target. The task's circuit is the
+smallest set found. (The pass costs about one trial per node it keeps, so it does not run on every
+ranking: a ranking whose prefix is ten times the circuit costs ten times the trials.)"""
 
 from __future__ import annotations
 
@@ -22,15 +24,15 @@ FIRST_WINDOW, MAX_WINDOW = 4, 64  # trials per round of the minimality pass (gro
 class Found:
     keep: torch.Tensor | None  # (n_nodes,) bool; None when even the whole model misses the target
     loss: float  # held-out loss of `keep` (of the whole model when None)
-    before_pass: int = 0  # nodes of the bisection's prefix
+    order: list[int] = field(default_factory=list)  # the ranking, best first
 
 
 @dataclass
 class Circuit:
     keep: torch.Tensor | None  # the smallest set found over the task's rankings; None: unsolved
     loss: float
-    nodes_before_pass: float  # the chosen ranking's prefix (NaN: unsolved)
-    restart_sizes: list[int] = field(default_factory=list)  # final size from every ranking that solved
+    nodes_before_pass: float  # the bisection's prefix that the circuit came from (NaN: unsolved)
+    prefix_sizes: list[int] = field(default_factory=list)  # the bisection's prefix of every ranking that solved
 
     @property
     def solved(self) -> bool:
@@ -38,40 +40,42 @@ class Circuit:
 
     @property
     def restart_median(self) -> float:
-        return float(statistics.median(self.restart_sizes)) if self.restart_sizes else float("nan")
+        """Median over the task's rankings of the bisection's node count: how stable the search is."""
+        return float(statistics.median(self.prefix_sizes)) if self.prefix_sizes else float("nan")
 
 
-def search(scores: torch.Tensor, target: float) -> Search:
-    """Bisection on the ranking by `scores` (ties: lower index first), then the minimality pass."""
+def bisection(scores: torch.Tensor, target: float) -> Search:
+    """The smallest prefix of the ranking by `scores` (ties: lower index first) that reaches the
+    target, the held-out loss taken to fall as the prefix grows; unsolved if the whole model misses it."""
     n = len(scores)
-    order = torch.argsort(-scores, stable=True)
-
-    def prefix(k: int) -> torch.Tensor:
-        keep = torch.zeros(n, dtype=torch.bool)
-        keep[order[:k]] = True
-        return keep
-
-    (loss,) = yield [prefix(n)]
+    order = torch.argsort(-scores, stable=True).tolist()
+    (loss,) = yield [_first(order, n, n)]
     if loss > target:
         return Found(None, loss)
-    low, high = 0, n  # the smallest k reaching the target lies in [low, high]; loss falls with k
+    low, high = 0, n  # the smallest k reaching the target lies in [low, high]
     while low < high:
         mid = (low + high) // 2
-        (mid_loss,) = yield [prefix(mid)]
+        (mid_loss,) = yield [_first(order, mid, n)]
         if mid_loss <= target:
             high, loss = mid, mid_loss
         else:
             low = mid + 1
-    keep, loss = yield from minimality_pass(prefix(high), order[:high].flip(0).tolist(), loss, target)
-    return Found(keep, loss, high)
+    return Found(_first(order, high, n), loss, order[:high])
 
 
-def minimality_pass(keep: torch.Tensor, candidates: list[int], loss: float, target: float):
+def _first(order: list[int], k: int, n: int) -> torch.Tensor:
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[order[:k]] = True
+    return keep
+
+
+def minimality_pass(prefix: Found, target: float) -> Search:
     """Drop each candidate in turn, lowest ranked first, if the set without it still reaches the target.
     Trials are batched by guessing that the next outcome repeats the last one. While nodes drop, one
     round tries dropping the next 1, 2, 4, ... candidates together and keeps the longest run that
     reaches the target (held-out loss is taken to rise as nodes go, as the bisection does); while nodes
     are needed, one round tries each of the next candidates alone, up to the first that can go."""
+    keep, loss, candidates = prefix.keep, prefix.loss, prefix.order[::-1]
     i, window, dropping = 0, FIRST_WINDOW, True
     while i < len(candidates):
         if dropping:
@@ -97,7 +101,7 @@ def minimality_pass(keep: torch.Tensor, candidates: list[int], loss: float, targ
                 keep, loss = trials[first], losses[first]
                 i, window, dropping = i + first + 1, FIRST_WINDOW, True
         window = min(window, MAX_WINDOW)
-    return keep, loss
+    return Found(keep, loss)
 
 
 def _doubling(limit: int) -> list[int]:
@@ -133,17 +137,24 @@ def run_searches(searches: list[tuple[int, Search]], losses: Losses) -> list[Fou
     return found
 
 
-def smallest_circuits(rankings: list[list[torch.Tensor]], losses: Losses, target: float) -> list[Circuit]:
-    """Per task, every ranking's circuit; the task's circuit is the smallest (then lowest loss)."""
-    searches = [(task, search(scores, target)) for task, ranks in enumerate(rankings) for scores in ranks]
-    found = run_searches(searches, losses)
-    circuits, at = [], 0
+def smallest_circuits(rankings: list[list[torch.Tensor]], losses: Losses, target: float, passes: int = 1) -> list[Circuit]:
+    """Per task: bisection on each of its rankings, the minimality pass on the `passes` smallest
+    prefixes; the task's circuit is the smallest result (then the lowest loss)."""
+    found = run_searches([(task, bisection(scores, target)) for task, ranks in enumerate(rankings) for scores in ranks], losses)
+    per_task, whole_model_loss, at = [], [], 0
     for ranks in rankings:
-        mine, at = found[at:at + len(ranks)], at + len(ranks)
-        solved = [f for f in mine if f.keep is not None]
-        if not solved:
-            circuits.append(Circuit(None, mine[0].loss, float("nan")))
+        per_task.append(sorted((f for f in found[at:at + len(ranks)] if f.keep is not None),
+                               key=lambda f: (len(f.order), f.loss)))
+        whole_model_loss.append(found[at].loss)
+        at += len(ranks)
+    chosen = [(task, f) for task, prefixes in enumerate(per_task) for f in prefixes[:passes]]
+    passed = run_searches([(task, minimality_pass(f, target)) for task, f in chosen], losses)
+    circuits = []
+    for task, prefixes in enumerate(per_task):
+        if not prefixes:
+            circuits.append(Circuit(None, whole_model_loss[task], float("nan")))
             continue
-        best = min(solved, key=lambda f: (int(f.keep.sum()), f.loss))
-        circuits.append(Circuit(best.keep, best.loss, float(best.before_pass), [int(f.keep.sum()) for f in solved]))
+        results = [(int(p.keep.sum()), p.loss, len(f.order), p.keep) for (t, f), p in zip(chosen, passed) if t == task]
+        size, loss, before, keep = min(results, key=lambda r: r[:2])
+        circuits.append(Circuit(keep, loss, float(before), [len(f.order) for f in prefixes]))
     return circuits

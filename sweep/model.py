@@ -65,19 +65,27 @@ class Block(nn.Module):
         self.fc_in = nn.Linear(s.d_model, s.d_mlp, bias=False)
         self.fc_out = nn.Linear(s.d_mlp, s.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, node: Callable[[str, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, node: Callable[[str, torch.Tensor], torch.Tensor],
+                only: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d_model) -> (B, T, d_model); with `only` (B,), the output at those positions alone, (B, 1, d_model)."""
         B, T, _ = x.shape
         h = node("attn.in", self.ln_attn(x))  # (B, T, d_model)
-        q = node("attn.q", self.q(h))  # (B, T, nh * hs)
+        rows = torch.arange(B, device=x.device)
+        q = node("attn.q", self.q(h if only is None else h[rows, only][:, None]))  # (B, T or 1, nh * hs)
         k = node("attn.k", self.k(h))
         v = node("attn.v", self.v(h))
-        q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        att = att.transpose(1, 2).reshape(B, T, self.n_head * self.d_head)  # (B, T, nh * hs)
+        q, k, v = (t.view(B, t.shape[1], self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if only is None:
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # one query per sequence, at `only`, seeing the keys up to it
+            seen = torch.arange(T, device=x.device)[None, :] <= only[:, None]  # (B, T)
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=seen[:, None, None, :])
+            x = x[rows, only][:, None]
+        att = att.transpose(1, 2).reshape(B, -1, self.n_head * self.d_head)  # (B, T or 1, nh * hs)
         x = x + node("attn.out", self.o(att))
 
-        h = node("mlp.in", self.ln_mlp(x))  # (B, T, d_model)
-        h = node("mlp.hidden", F.gelu(self.fc_in(h)))  # (B, T, d_mlp)
+        h = node("mlp.in", self.ln_mlp(x))  # (B, T or 1, d_model)
+        h = node("mlp.hidden", F.gelu(self.fc_in(h)))  # (B, T or 1, d_mlp)
         return x + node("mlp.out", self.fc_out(h))
 
 
@@ -118,13 +126,15 @@ class GPT(nn.Module):
         finally:
             self.node_hooks.remove(hook)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, vocab)."""
+    def forward(self, idx: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab); with `last` (B,), only the logits at those positions,
+        (B, vocab): the last block then computes one position per sequence (a task needs no more)."""
         T = idx.shape[1]
         x = self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))  # (B, T, d_model)
         for i, block in enumerate(self.blocks):
-            x = block(x, partial(self.node, i))
-        return self.unembed(self.ln_f(x))
+            x = block(x, partial(self.node, i), last if i == len(self.blocks) - 1 else None)
+        logits = self.unembed(self.ln_f(x))
+        return logits if last is None else logits[:, 0]
 
     def hidden_matrices(self) -> dict[str, nn.Parameter]:
         """Attention and MLP weights: the matrices at `sparsity.density`, shape (out, in)."""

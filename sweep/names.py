@@ -58,7 +58,7 @@ COLLAPSE_DEAD_LAYERS = "collapse/dead_layer_count"
 # Circuit metrics: per task `circuit/<task>/<what>`, and aggregates over the solved tasks.
 CIRCUIT_PER_TASK = ("nodes", "edges", "loss", "full_loss", "solved", "necessity_loss", "beats_model",
                     "nodes_before_pass",  # the bisection's prefix, before the minimality pass
-                    "nodes_restart_median",  # median circuit size over the method's rankings (restarts, penalties)
+                    "nodes_restart_median",  # median over the method's rankings (restarts, penalties) of the bisection's nodes
                     "cue_distance")  # tokens before the last one where the two prompts of a pair first differ (median)
 EDGES_GEOMEAN = "circuit/edges_geomean"
 NODES_GEOMEAN = "circuit/nodes_geomean"

@@ -98,9 +98,8 @@ def stack_batches(batches: list[Batch]) -> tuple[Batch, torch.Tensor]:
 
 def per_row_losses(model: GPT, masks: NodeMasks, batch: Batch, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Mean task loss of the examples of each gate row, (n_rows,)."""
-    tokens, last, target, other = batch
     masks.rows = rows
-    losses = task_losses(model(tokens), last, target, other)
+    losses = task_losses(model, batch)
     totals = torch.zeros(n_rows, device=losses.device).index_add(0, rows, losses)
     return totals / torch.bincount(rows, minlength=n_rows)
 

@@ -11,6 +11,7 @@ Gates (`prune.gate`):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
 
@@ -68,8 +69,24 @@ def rank(model: GPT, train: list[Batch], means: dict[Site, torch.Tensor] | None,
                 optimizer.step()
                 with torch.no_grad():
                     logits.clamp_(-CLAMP, CLAMP)
+        scores = _break_ties(model, masks, logits.detach(), batch, rows)
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    scores = logits.detach().cpu()
     return [list(scores[t * per_task:(t + 1) * per_task]) for t in range(n_tasks)]
+
+
+def _break_ties(model: GPT, masks: NodeMasks, logits: torch.Tensor, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
+    """Scores that order nodes by their mask parameter and, among equal parameters (many sit at the
+    clamp), by how much switching the node on or off at the learned hard mask lowers the task loss
+    (its gate's gradient there): a needed node the optimisation left at -1 is not ranked last."""
+    gates = (logits > 0).float().requires_grad_(True)
+    masks.set_flat(gates)
+    masks.surrogate = None
+    with model.hooked(masks):
+        loss = per_row_losses(model, masks, batch, rows, len(logits)).sum()
+    (grad,) = torch.autograd.grad(loss, gates)
+    order = torch.from_numpy(np.lexsort((grad.cpu().numpy(), -logits.cpu().numpy()), axis=1))  # last key first
+    scores = torch.empty(logits.shape)
+    scores.scatter_(1, order, torch.arange(logits.shape[1], 0, -1, dtype=torch.float).expand_as(logits).contiguous())
+    return scores

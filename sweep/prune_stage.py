@@ -45,7 +45,7 @@ def check_prune_config(cfg: DictConfig) -> None:
     ladder = list(p.penalty) if isinstance(p.penalty, ListConfig) else [p.penalty]
     if not ladder or not all(_positive(v) or v == 0 for v in ladder):
         raise ConfigError("prune.penalty", p.penalty, "must be a number >= 0 or a non-empty list of them (a ladder)")
-    for key in ("restarts", "attribution_steps"):
+    for key in ("restarts", "passes", "attribution_steps"):
         if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
             raise ConfigError(f"prune.{key}", p[key], "must be an integer >= 1")
     temperature = list(p.temperature) if isinstance(p.temperature, ListConfig) else None

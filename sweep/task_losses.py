@@ -53,8 +53,7 @@ def table(columns, task_names: list[str], n_heldout: int = 64, seed: int = 0) ->
         cells = [f"{median:g} ({min(distances)}-{max(distances)})" + (" last token" if max(distances) == 0 else "")]
         for _, model, cfg in columns:
             held_out = tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble).heldout
-            tokens, last, target, other = tasks.encode(held_out)
-            cells.append(f"{tasks.task_loss(model(tokens), last, target, other).item():.3f}")
+            cells.append(f"{tasks.task_loss(model, tasks.encode(held_out)).item():.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

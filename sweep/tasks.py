@@ -328,14 +328,15 @@ def encode(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return tokens, last, target, other
 
 
-def task_losses(logits: torch.Tensor, last: torch.Tensor, target: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+def task_losses(model, batch) -> torch.Tensor:
     """Binary cross-entropy over {target, other} at each prompt's last position, (N,); chance is ln 2.
     Causal attention makes right padding harmless: positions before `last` never see it."""
-    final = logits[torch.arange(len(last)), last]  # (N, vocab)
+    tokens, last, target, other = batch
+    final = model(tokens, last=last)  # (N, vocab)
     margin = final.gather(1, target[:, None]).squeeze(1) - final.gather(1, other[:, None]).squeeze(1)
     return torch.nn.functional.softplus(-margin)
 
 
-def task_loss(logits: torch.Tensor, last: torch.Tensor, target: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+def task_loss(model, batch) -> torch.Tensor:
     """The mean task loss over the prompts."""
-    return task_losses(logits, last, target, other).mean()
+    return task_losses(model, batch).mean()

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from sweep import tasks
 from sweep.circuit import circuit_edges, draw
 from sweep.discovery import find_circuits
-from sweep.discretise import run_searches, search, smallest_circuits
+from sweep.discretise import smallest_circuits
 from sweep.model import GPT, ModelShape
 from sweep.prune import Evaluator, NodeMasks, node_names, node_sites
 
@@ -55,16 +55,17 @@ def test_ablation_substitutes_the_mean_or_zero():
         assert all(torch.all(x == expected) for x in seen.values())
 
 
-def drive(scores, needed, n, target=0.15):
-    """Run a search against a loss that reaches the target exactly when every `needed` node is kept."""
+def find(scores, needs, target=0.15, passes=1):
+    """Circuits from rankings against a loss that reaches the target exactly when `needs(keep)`."""
     calls = []
 
     def losses(candidates):
         calls.append(len(candidates))
-        return [0.1 if all(keep[i] for i in needed) else 0.9 for _, keep in candidates]
+        return [0.1 if needs(keep) else 0.9 for _, keep in candidates]
 
-    (found,) = run_searches([(0, search(torch.tensor(scores, dtype=torch.float), target))], losses)
-    return found, calls
+    rankings = [[torch.tensor(s, dtype=torch.float) for s in scores]]
+    (circuit,) = smallest_circuits(rankings, losses, target, passes)
+    return circuit, calls
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -73,36 +74,34 @@ def test_bisection_then_the_pass_keep_exactly_the_needed_nodes(seed):
     n = 200
     needed = set(rng.sample(range(n), 7))
     scores = [rng.random() + (0.3 if i in needed else 0.0) for i in range(n)]  # needed nodes rank high, not first
-    found, calls = drive(scores, needed, n)
-    assert set(found.keep.nonzero().flatten().tolist()) == needed
+    circuit, calls = find([scores], lambda keep: all(keep[i] for i in needed))
+    assert set(circuit.keep.nonzero().flatten().tolist()) == needed
     ranked = sorted(range(n), key=lambda i: -scores[i])
-    assert found.before_pass == max(ranked.index(i) for i in needed) + 1  # the bisection's prefix
-    assert sum(calls) < 2 * found.before_pass + 12  # batched guesses waste little
+    assert circuit.nodes_before_pass == max(ranked.index(i) for i in needed) + 1  # the bisection's prefix
+    assert sum(calls) < 2 * circuit.nodes_before_pass + 12  # batched guesses waste little
 
 
 def test_an_unreachable_target_is_unsolved():
-    found, calls = drive([1.0, 0.5], needed={0}, n=2, target=0.05)
-    assert found.keep is None and found.loss == 0.1 and calls == [1]  # the whole model's loss
+    circuit, calls = find([[1.0, 0.5]], lambda keep: bool(keep[0]), target=0.05)
+    assert not circuit.solved and circuit.loss == 0.1 and calls == [1]  # the whole model's loss
 
 
 def test_the_pass_is_one_at_a_time_removal():
     """With interacting nodes the order matters: lowest ranked first, each tried against the current set."""
-    def losses(candidates):  # node 0 or node 1 is needed (either), and node 2
-        return [0.1 if (keep[0] or keep[1]) and keep[2] else 0.9 for _, keep in candidates]
-
-    (found,) = run_searches([(0, search(torch.tensor([3.0, 2.0, 1.0, 0.5]), 0.15))], losses)
-    assert found.keep.tolist() == [True, False, True, False]  # node 1 (lower ranked) went first
+    circuit, _ = find([[3.0, 2.0, 1.0, 0.5]], lambda keep: bool((keep[0] or keep[1]) and keep[2]))
+    assert circuit.keep.tolist() == [True, False, True, False]  # node 1 (lower ranked) went first
 
 
-def test_the_smallest_circuit_over_rankings_and_the_median():
-    def losses(candidates):
-        return [0.1 if keep[0] and keep[1] else 0.9 for _, keep in candidates]
-
-    rankings = [[torch.tensor([5.0, 4.0, 3.0, 2.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])]]
-    (circuit,) = smallest_circuits(rankings, losses, 0.15)
-    assert circuit.keep.tolist() == [True, True, False, False]
-    assert circuit.restart_sizes == [2, 2] and circuit.restart_median == 2.0
-    assert circuit.nodes_before_pass == 2.0  # the first ranking's prefix; the second needed all 4
+def test_the_pass_runs_on_the_smallest_prefixes_and_the_median_is_over_all():
+    needs = lambda keep: bool(keep[0] and keep[1])  # noqa: E731
+    good, bad, worse = [5.0, 4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 1.0, 5.0, 2.0], [1.0, 2.0, 3.0, 4.0, 5.0]
+    circuit, _ = find([bad, good, worse], needs)  # prefixes 3, 2 and 5 nodes
+    assert circuit.keep.tolist() == [True, True, False, False, False]
+    assert circuit.prefix_sizes == [2, 3, 5] and circuit.restart_median == 3.0 and circuit.nodes_before_pass == 2
+    circuit, calls_one = find([worse, bad], needs, passes=1)
+    assert circuit.nodes_before_pass == 3  # only the smaller prefix (bad's) was passed
+    _, calls_both = find([worse, bad], needs, passes=2)
+    assert sum(calls_both) > sum(calls_one)
 
 
 def planted_model() -> GPT:
@@ -140,8 +139,8 @@ def test_two_tasks_and_a_penalty_ladder_in_one_search(method):
     circuits, evaluator = find_circuits(model, [planted_task(32, 0), chance], [planted_task(32, 1), chance],
                                         None, cfg)
     assert circuits[0].solved and set(node_names(evaluator.sites, circuits[0].keep)) == set(PLANTED)
-    assert len(circuits[0].restart_sizes) == (6 if method == "mask" else 1)
-    assert circuits[0].restart_median == 4.0
+    assert len(circuits[0].prefix_sizes) == (6 if method == "mask" else 1)
+    assert circuits[0].restart_median >= 4.0
     assert not circuits[1].solved  # nothing predicts q over r
 
 

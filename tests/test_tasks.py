@@ -60,24 +60,25 @@ def test_a_randomly_initialised_model_is_at_chance():
     torch.manual_seed(0)
     model = GPT(ModelShape(vocab_size=256, d_model=32, n_layer=2, d_head=16, d_mlp=128, n_ctx=64)).eval()
     for name in ("else_elif", tasks.CONTROL):
-        tokens, last, target, other = tasks.encode(tasks.generate(name, 0, 64, seed=0, n_ctx=64).heldout)
+        batch = tasks.encode(tasks.generate(name, 0, 64, seed=0, n_ctx=64).heldout)
         with torch.no_grad():
-            loss = tasks.task_loss(model(tokens), last, target, other).item()
+            loss = tasks.task_loss(model, batch).item()
         assert loss == pytest.approx(math.log(2), abs=0.05), name
 
 
-def test_task_loss_reads_the_last_real_position():
-    """Right padding: the loss uses each prompt's own last byte, and padding never changes it."""
+@pytest.mark.parametrize("n_layer", [1, 2])
+def test_task_loss_reads_the_last_real_position(n_layer):
+    """Right padding: the loss uses each prompt's own last byte, padding never changes it, and the
+    last-position forward gives the full forward's logits there."""
     torch.manual_seed(0)
-    model = GPT(ModelShape(vocab_size=256, d_model=32, n_layer=1, d_head=16, d_mlp=128, n_ctx=64)).eval()
+    model = GPT(ModelShape(vocab_size=256, d_model=32, n_layer=n_layer, d_head=16, d_mlp=128, n_ctx=64)).eval()
     examples = tasks.generate("bracket_brace", 8, 0, seed=0, n_ctx=64).train
     tokens, last, target, other = tasks.encode(examples)
     with torch.no_grad():
-        together = tasks.task_loss(model(tokens), last, target, other).item()
-        alone = []
-        for e in examples:
-            tokens_1, last_1, target_1, other_1 = tasks.encode([e])
-            alone.append(tasks.task_loss(model(tokens_1), last_1, target_1, other_1).item())
+        together = tasks.task_loss(model, (tokens, last, target, other)).item()
+        alone = [tasks.task_loss(model, tasks.encode([e])).item() for e in examples]
+        full = model(tokens)[torch.arange(len(last)), last]
+        assert torch.allclose(model(tokens, last=last), full, atol=1e-5)
     assert together == pytest.approx(sum(alone) / len(alone), rel=1e-5)
 
 
