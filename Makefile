@@ -60,8 +60,8 @@ task-losses: $(INSTALLED) ## full-model loss of every task on every checkpoint o
 bench: $(INSTALLED) ## measure where a job's time goes (sparse/dense step, MFU, prune/train, logging, memory): bench/results.md
 	$(BIN)/python -m bench $(ARGS)
 
-test: $(INSTALLED) ## run the tests (a few minutes on 2 cores)
-	$(BIN)/python -m pytest -q $(ARGS)
+test: $(INSTALLED) ## run the tests, one worker per core (about 10 minutes on 2 cores; TEST_WORKERS=0 runs them in one process)
+	$(BIN)/python -m pytest -q -n $(or $(TEST_WORKERS),auto) $(ARGS)
 
 test-slow: $(INSTALLED) ## run the long checks marked slow
 	$(BIN)/python -m pytest -q -m slow $(ARGS)

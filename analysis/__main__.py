@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", metavar="RUN_ID", help="only the jobs of this sweep (parent run)")
     p.add_argument("--stage", choices=STAGES, default="train",
                    help="train: training runs (default); prune: re-prune runs (sweep.stage=prune) instead")
+    p.add_argument("--method", help="only runs pruned by this discovery method (prune.method; runs from before it "
+                                    "existed count as mask): needed when the runs read hold several")
     p.add_argument("--from-csv", type=Path, metavar="DIR", help="rebuild from DIR/runs.csv and DIR/tasks.csv, offline")
     p.add_argument("--common-tasks", action="store_true",
                    help="circuit size over the tasks solved by every point with a circuit, not each point's own")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             return compare_methods(args)
         rule = CollapseRule.parse(args.collapse)
         options = Options(out=args.out, experiment=args.experiment, tracking_uri=args.tracking_uri, parent=args.parent,
-                          stage=args.stage, from_csv=args.from_csv, common_tasks=args.common_tasks, rule=rule,
+                          stage=args.stage, method=args.method, from_csv=args.from_csv, common_tasks=args.common_tasks, rule=rule,
                           hv_reference=check_reference(tuple(args.hv_ref)), figures=not args.no_figures,
                           log=not args.no_log)
         result = analyse(options)

@@ -27,6 +27,7 @@ WIDTH = "model.width_mult"
 BASE_WIDTH = "model.base_width"
 DENSITY = "sparsity.density"
 SEED = "seed"
+METHOD_PARAM = "prune.method"
 # Params that say where or how a job ran, not what it computed: never what tells two points apart.
 WHERE_PARAMS = ("tracking.", "train.device", "train.threads", "data.cache_dir", "tasks.template_dir")
 
@@ -94,8 +95,15 @@ def _count(kinds: list[str]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "no job runs"
 
 
-def select_runs(client: MlflowClient, experiment: str, parent: str | None = None, stage: str = "train") -> Selection:
-    """The finished job runs of one experiment (optionally one sweep), one per config hash."""
+def run_method(run) -> str:
+    """The discovery method that pruned a run (runs from before `prune.method` existed: mask)."""
+    return run.data.params.get(METHOD_PARAM, "mask")
+
+
+def select_runs(client: MlflowClient, experiment: str, parent: str | None = None, stage: str = "train",
+                method: str | None = None) -> Selection:
+    """The finished job runs of one experiment (optionally one sweep, one discovery method), one per
+    config hash."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments(max_results=1000))) or "none"
@@ -112,10 +120,14 @@ def select_runs(client: MlflowClient, experiment: str, parent: str | None = None
     if other_stage:
         notes.append(f"{other_stage} {'training' if stage == 'prune' else 're-prune (sweep.stage=prune)'} runs "
                      f"left out (--stage {'train' if stage == 'prune' else 'prune'} uses them)")
+    if method:
+        runs = [r for r in runs if run_method(r) == method]
+        where += f" pruned by {method}"
     outcomes = [_outcome(r) for r in runs]
     finished = [r for r, o in zip(runs, outcomes) if o == "finished"]
     if not finished:
         raise AnalysisError(f"no finished {stage} job runs in {where} ({_count(outcomes)})")
+
     if len(finished) < len(runs):
         notes.append(f"left out: {_count([o for o in outcomes if o != 'finished'])}")
     kept, seen = [], set()

@@ -26,11 +26,11 @@ from analysis.figures import MARKERS, OKABE_ITO, TWO_COLUMNS, add_legend, log_y,
 from sweep import names
 
 BEFORE = "mask (before #12)"
-METHOD_PARAM, ABLATION_PARAM = "prune.method", "prune.ablation"
+ABLATION_PARAM = "prune.ablation"
 
 
 def method_label(params: dict) -> str:
-    return f"{params.get(METHOD_PARAM, BEFORE)}, {params.get(ABLATION_PARAM, 'mean')} ablation"
+    return f"{params.get(load.METHOD_PARAM, BEFORE)}, {params.get(ABLATION_PARAM, 'mean')} ablation"
 
 
 def checkpoint_label(params: dict) -> str:

@@ -25,6 +25,7 @@ class Options:
     tracking_uri: str = load.DEFAULT_URI
     parent: str | None = None
     stage: str = "train"
+    method: str | None = None
     from_csv: Path | None = None
     common_tasks: bool = False
     rule: CollapseRule = field(default_factory=CollapseRule)
@@ -52,7 +53,11 @@ def load_tables(options: Options) -> tuple[pd.DataFrame, pd.DataFrame, list[str]
     if not options.experiment:
         raise load.AnalysisError("--experiment NAME is needed (or --from-csv DIR)")
     client = load.open_client(options.tracking_uri)
-    selection = load.select_runs(client, options.experiment, options.parent, options.stage)
+    selection = load.select_runs(client, options.experiment, options.parent, options.stage, options.method)
+    methods = sorted({load.run_method(r) for r in selection.runs})
+    if len(methods) > 1:  # two circuits of one checkpoint would count as two seeds of its point
+        raise load.AnalysisError(f"the {options.stage} runs read hold several discovery methods ({', '.join(methods)}): "
+                                 "choose one with --method")
     return (load.runs_table(selection.runs), load.tasks_table(selection.runs), selection.notes,
             selection.parent_run_id, client)
 

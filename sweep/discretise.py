@@ -123,7 +123,10 @@ def run_searches(searches: list[tuple[int, Search]], losses: Losses) -> list[Fou
     found: list[Found | None] = [None] * len(searches)
     asked: dict[int, list[torch.Tensor]] = {}
     for i, (_, s) in enumerate(searches):
-        asked[i] = next(s)
+        try:
+            asked[i] = next(s)
+        except StopIteration as done:  # nothing to ask: e.g. a pass over an empty prefix
+            found[i] = done.value
     while asked:
         flat = [(searches[i][0], keep) for i, sets in asked.items() for keep in sets]
         answers, at, still = losses(flat), 0, {}

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from sweep import names
@@ -25,7 +26,7 @@ from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.job import build_model, exit_on_sigterm, resolve_device
 from sweep.points import point_label
 from sweep.prune_stage import run_pruning
-from sweep.tracking import (JobRun, check_server, config_hash, end_parent_run, is_server, sqlite_path,
+from sweep.tracking import (PROJECT_ROOT, JobRun, check_server, config_hash, end_parent_run, is_server, sqlite_path,
                             start_parent_run)
 from sweep.validate import validate
 
@@ -66,9 +67,17 @@ def check_overrides(overrides: list[str]) -> None:
             raise ConfigError("override", override, "a re-prune changes only prune.*, tasks.* or tracking.* (key=value)")
 
 
+def current_defaults() -> DictConfig:
+    """The prune and tasks settings a job would get today (conf/ as composed by `python -m sweep`)."""
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        composed = compose("config")
+    return OmegaConf.create({"prune": composed.prune, "tasks": composed.tasks})
+
+
 def repruned_config(cfg, overrides: list[str], tracking_uri: str):
-    """The training run's config with the new prune / task settings, validated."""
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"tracking.uri={tracking_uri}", *overrides]))
+    """The training run's config, with any prune or tasks setting added since it ran taken from
+    today's defaults, then the new settings; validated."""
+    cfg = OmegaConf.merge(current_defaults(), cfg, OmegaConf.from_dotlist([f"tracking.uri={tracking_uri}", *overrides]))
     cfg.prune.enabled = True
     validate(cfg)
     return cfg

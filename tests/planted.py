@@ -169,3 +169,40 @@ def two_hop_attention(seed: int = 0, strength: float = 2.0) -> Planted:
 
 CONSTRUCTIONS = {"mlp_lookup": mlp_lookup, "attention_then_mlp": attention_then_mlp,
                  "two_hop_attention": two_hop_attention}
+
+
+def report(seeds=(0, 1, 2)) -> str:
+    """Markdown: per construction, ablation and method, nodes found (before the pass) against planted."""
+    from omegaconf import OmegaConf
+
+    from sweep.circuit import circuit_edges
+    from sweep.discovery import find_circuits
+    from sweep.prune import node_means, node_names
+    from sweep.tracking import PROJECT_ROOT
+
+    base = OmegaConf.load(PROJECT_ROOT / "conf" / "prune" / "mean.yaml")
+    methods = {"mask": {"method": "mask"}, "mask, straight-through gate": {"method": "mask", "gate": "straight_through"},
+               "attribution": {"method": "attribution"}}
+    lines = ["| construction | ablation | planted nodes (edges) | method | nodes found (before the pass), seeds "
+             + ", ".join(map(str, seeds)) + " | edges found |", "|---|---|---|---|---|---|"]
+    for name, make in CONSTRUCTIONS.items():
+        for ablation in ("mean", "zero"):
+            for label, settings in methods.items():
+                found, edges = [], []
+                for seed in seeds:
+                    planted = make(seed)
+                    means = node_means(planted.model, planted.text(), 64) if ablation == "mean" else None
+                    cfg = OmegaConf.merge(base, settings, {"target_loss": TARGET})
+                    (circuit,), evaluator = find_circuits(planted.model, [planted.batch(16, 0)], [planted.batch(32, 1)], means, cfg)
+                    nodes = node_names(evaluator.sites, circuit.keep) if circuit.solved else []
+                    missing = set(planted.necessary[ablation]) - set(nodes)
+                    found.append(f"{len(nodes)} ({circuit.nodes_before_pass:.0f})" + (f" missing {len(missing)}" if missing else ""))
+                    edges.append(str(len(circuit_edges(planted.model, nodes, planted.inputs(), planted.outputs()))))
+                necessary = planted.necessary[ablation]
+                lines.append(f"| {name} | {ablation} | {len(necessary)} ({planted.hand_edges[ablation]}) | {label} | "
+                             f"{', '.join(found)} | {', '.join(edges)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report())

@@ -43,12 +43,13 @@ class Store:
         return run.info.run_id
 
     def job(self, parent, width, density, seed=0, loss=None, tasks=None, status="finished", extra=None,
-            tags=None, config_hash=None, final="FINISHED") -> str:
+            tags=None, config_hash=None, final="FINISHED", params=None) -> str:
         """One job run; `tasks` maps a task to its edges (None: not solved)."""
         run_tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_PARENT: parent, names.TAG_STATUS: status,
                     names.TAG_CONFIG_HASH: config_hash or f"w{width}-d{density}-s{seed}", **(tags or {})}
         run_id = self.client.create_run(self.experiment, start_time=self._tick(), tags=run_tags).info.run_id
-        params = {"model.width_mult": width, "model.base_width": 32, "sparsity.density": density, "seed": seed}
+        params = {"model.width_mult": width, "model.base_width": 32, "sparsity.density": density, "seed": seed,
+                  **(params or {})}
         metrics = {}
         if loss is not None:
             metrics.update({names.CAPABILITY_VAL_LOSS: loss, names.CAPABILITY_BIGRAM: BIGRAM,
@@ -93,6 +94,8 @@ def constructed(tmp_path_factory):
     store.job(p1, 1, 0.5, status=f"skipped: duplicate of {x2_sparse}")
     store.job(p1, 2, 0.06, loss=2.0, tasks={"a": 50, "b": 50}, config_hash="reprune-x2-d0.06",
               tags={names.TAG_STAGE: "prune", names.TAG_TRAIN_RUN: x2_sparse})
+    store.job(p1, 2, 0.06, loss=2.0, tasks={"a": 70, "b": 70}, config_hash="reprune-x2-d0.06-attribution",
+              tags={names.TAG_STAGE: "prune", names.TAG_TRAIN_RUN: x2_sparse}, params={"prune.method": "attribution"})
     p2 = store.parent()
     store.job(p2, 4, 1, loss=1.5, tasks={"a": 20000, "b": 125000})
     return store, p1, p2
@@ -184,9 +187,12 @@ def test_parent_restricts_to_one_sweep_and_stage_prune_uses_reprunes(constructed
     store, p1, _ = constructed
     assert analyse(store, tmp_path / "p1", "--parent", p1, "--no-log", "--no-figures") == 0
     assert "x4 d1" not in points_by_label(tmp_path / "p1").index
-    assert analyse(store, tmp_path / "prune", "--stage", "prune", "--no-log", "--no-figures") == 0
-    points = points_by_label(tmp_path / "prune")
-    assert list(points.index) == ["x2 d0.06"] and points["edges"].item() == pytest.approx(50)
+    # two methods re-pruned the same checkpoint: their circuits are not two seeds of one point
+    assert analyse(store, tmp_path / "prune", "--stage", "prune", "--no-log", "--no-figures") == 2
+    for method, edges in (("mask", 50), ("attribution", 70)):  # a run without prune.method is a mask run
+        assert analyse(store, tmp_path / method, "--stage", "prune", "--method", method, "--no-log", "--no-figures") == 0
+        points = points_by_label(tmp_path / method)
+        assert list(points.index) == ["x2 d0.06"] and points["edges"].item() == pytest.approx(edges)
 
 
 def test_common_tasks_restricts_the_geomean(constructed, tmp_path):

@@ -86,6 +86,11 @@ def test_an_unreachable_target_is_unsolved():
     assert not circuit.solved and circuit.loss == 0.1 and calls == [1]  # the whole model's loss
 
 
+def test_a_target_the_empty_circuit_reaches_gives_an_empty_circuit():
+    circuit, calls = find([[1.0, 0.5]], lambda keep: True)
+    assert circuit.solved and not circuit.keep.any() and circuit.nodes_before_pass == 0
+
+
 def test_the_pass_is_one_at_a_time_removal():
     """With interacting nodes the order matters: lowest ranked first, each tried against the current set."""
     circuit, _ = find([[3.0, 2.0, 1.0, 0.5]], lambda keep: bool((keep[0] or keep[1]) and keep[2]))
