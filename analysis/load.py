@@ -10,6 +10,7 @@ stage `prune`.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ BASE_WIDTH = "model.base_width"
 DENSITY = "sparsity.density"
 SEED = "seed"
 METHOD_PARAM = "prune.method"
+TOKENIZER_PARAM = "data.tokenizer"
 # Params that say where or how a job ran, not what it computed: never what tells two points apart.
 WHERE_PARAMS = ("tracking.", "train.device", "train.threads", "data.cache_dir", "tasks.template_dir")
 
@@ -182,6 +184,23 @@ def runs_table(runs: list) -> pd.DataFrame:
         row.update({k: v for k, v in run.data.metrics.items() if _task_metric(k) is None})
         rows.append(row)
     return normalise(pd.DataFrame(rows))
+
+
+def losses_per_byte(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """Capability in nats per byte of validation text, whatever the tokenizer: a BPE run logs its
+    loss and references per token, and `capability/*bits_per_byte` x ln 2 per byte (for bytes the
+    two are the same numbers). Byte-only tables are returned as they are."""
+    tokenizers = set(runs[TOKENIZER_PARAM].fillna("bytes")) if TOKENIZER_PARAM in runs else {"bytes"}
+    if tokenizers == {"bytes"}:
+        return runs, None
+    runs = runs.copy()
+    for per_token, per_byte in ((names.CAPABILITY_VAL_LOSS, names.CAPABILITY_BITS_PER_BYTE),
+                                (names.CAPABILITY_UNIGRAM, names.CAPABILITY_UNIGRAM_BPB),
+                                (names.CAPABILITY_BIGRAM, names.CAPABILITY_BIGRAM_BPB)):
+        if per_byte in runs and per_token in runs:  # runs from before the per-byte references: bytes, same numbers
+            runs[per_token] = (runs[per_byte] * math.log(2)).fillna(runs[per_token])
+    return runs, (f"tokenizers {', '.join(sorted(tokenizers))}: losses are nats per byte of validation text "
+                  "(capability/bits_per_byte x ln 2), references too")
 
 
 def tasks_table(runs: list) -> pd.DataFrame:

@@ -58,8 +58,9 @@ def load_tables(options: Options) -> tuple[pd.DataFrame, pd.DataFrame, list[str]
     if len(methods) > 1:  # two circuits of one checkpoint would count as two seeds of its point
         raise load.AnalysisError(f"the {options.stage} runs read hold several discovery methods ({', '.join(methods)}): "
                                  "choose one with --method")
-    return (load.runs_table(selection.runs), load.tasks_table(selection.runs), selection.notes,
-            selection.parent_run_id, client)
+    runs, per_byte = load.losses_per_byte(load.runs_table(selection.runs))
+    return runs, load.tasks_table(selection.runs), selection.notes + ([per_byte] if per_byte else []), \
+        selection.parent_run_id, client
 
 
 def circuit_sizes(runs: pd.DataFrame, tasks: pd.DataFrame, use_common: bool) -> tuple[pd.Series, str, str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sweep.data import VOCAB_SIZE, sample_batch
+from sweep.data import sample_batch, vocab_size
 from sweep.model import GPT, ModelShape
 from sweep.sparsity import WeightSparsifier
 from sweep.train import base_lr, build_optimizer, step_lr, train_step
@@ -71,7 +71,7 @@ class Trainer:
 def make_trainer(cfg, d_model: int, density: float, steps: int, device: torch.device) -> Trainer:
     """The job's model, optimizer and sparsifier at this width and density (width_mult = d_model / base)."""
     width_mult = d_model // cfg.model.base_width
-    shape = ModelShape(VOCAB_SIZE[cfg.data.tokenizer], d_model, cfg.model.n_layer, cfg.model.d_head,
+    shape = ModelShape(vocab_size(cfg.data), d_model, cfg.model.n_layer, cfg.model.d_head,
                        cfg.model.mlp_ratio * d_model, cfg.model.n_ctx, cfg.model.act_topk_frac)
     torch.manual_seed(cfg.seed)
     model = GPT(shape).to(device)

@@ -1,8 +1,9 @@
-"""Pretraining corpus: Python source files -> byte tokens, split by file, cached by content hash."""
+"""Pretraining corpus: Python source files -> tokens (bytes or a BPE), split by file, cached by content hash."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sysconfig
 import tempfile
@@ -13,20 +14,34 @@ import numpy as np
 import torch
 
 from sweep.errors import ConfigError
+from sweep.tokenizer import BYTES, N_BYTES, Tokenizer, load_or_train
 
 EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 FILE_SEPARATOR = b"\n\n"
-TOKENIZERS = ("bytes",)
-VOCAB_SIZE = {"bytes": 256}
 
 
 @dataclass
 class Corpus:
-    train: np.ndarray  # uint8 token stream
+    train: np.ndarray  # token stream (uint8 for bytes; a BPE's int32, stored as uint16)
     val: np.ndarray
     corpus_hash: str
     unigram_loss: float  # entropy of the validation split, nats/token
-    bigram_loss: float  # conditional entropy H(x_t | x_{t-1}) of the validation split
+    bigram_loss: float  # conditional entropy H(x_t | x_{t-1}) of the validation split, nats/token
+    val_bytes: int  # bytes of the validation text: nats/token x val tokens / val_bytes is nats/byte
+    tokenizer: Tokenizer = BYTES
+
+    def per_byte(self, nats_per_token: float, targets: torch.Tensor | None = None) -> float:
+        """Bits per byte for a loss in nats per token: over the given target tokens (the bytes they
+        stand for), or over the whole validation split."""
+        if targets is None:
+            return nats_per_token * len(self.val) / self.val_bytes / math.log(2)
+        byte_counts = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.float64)
+        return nats_per_token / byte_counts[targets.long()].mean().item() / math.log(2)
+
+
+def vocab_size(data_cfg) -> int:
+    """The model's vocabulary: 256 bytes, or `data.vocab_size` (a BPE is trained to exactly that size)."""
+    return N_BYTES if data_cfg.tokenizer == "bytes" else int(data_cfg.vocab_size)
 
 
 def source_dir(source: str) -> Path:
@@ -72,8 +87,8 @@ def reference_losses(tokens: np.ndarray, vocab: int) -> tuple[float, float]:
     return unigram, joint - entropy(np.bincount(t[:-1], minlength=vocab))
 
 
-def _cache_path(cache_dir: Path, corpus_hash: str, data_cfg) -> Path:
-    key = f"{corpus_hash}:{data_cfg.tokenizer}:{data_cfg.val_frac}:{data_cfg.split_seed}"
+def _cache_path(cache_dir: Path, corpus_hash: str, data_cfg, tokenizer: Tokenizer) -> Path:
+    key = f"{corpus_hash}:{tokenizer.hash}:{data_cfg.val_frac}:{data_cfg.split_seed}"
     return cache_dir / f"corpus-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
@@ -87,26 +102,48 @@ def load_corpus(data_cfg, cache_dir: Path) -> Corpus:
         h.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
     corpus_hash = h.hexdigest()[:16]
 
-    cache = _cache_path(Path(cache_dir), corpus_hash, data_cfg)
-    if cache.exists():
-        stored = np.load(cache)
-        return Corpus(stored["train"], stored["val"], corpus_hash, float(stored["unigram"]), float(stored["bigram"]))
-
     parts: dict[bool, list[bytes]] = {False: [], True: []}
     for rel, content in zip(rel_paths, contents):
         parts[is_validation(rel, data_cfg.split_seed, data_cfg.val_frac)].append(content)
     if not parts[True] or not parts[False]:
         raise ConfigError("data.val_frac", data_cfg.val_frac, f"leaves an empty split of the {len(rel_paths)} files")
-    train = np.frombuffer(bytearray(FILE_SEPARATOR.join(parts[False])), dtype=np.uint8)
-    val = np.frombuffer(bytearray(FILE_SEPARATOR.join(parts[True])), dtype=np.uint8)
-    unigram, bigram = reference_losses(val, VOCAB_SIZE[data_cfg.tokenizer])
+    train_text, val_text = (FILE_SEPARATOR.join(parts[split]) for split in (False, True))
+    tokenizer = load_or_train(data_cfg, Path(cache_dir), corpus_hash, lambda: train_text.decode(errors="replace"))
+    if tokenizer.vocab_size != vocab_size(data_cfg):
+        raise ConfigError("data.vocab_size", data_cfg.vocab_size,
+                          f"the training split supports at most {tokenizer.vocab_size} tokens; allowed: 257-{tokenizer.vocab_size}")
+
+    cache = _cache_path(Path(cache_dir), corpus_hash, data_cfg, tokenizer)
+    if cache.exists():
+        stored = np.load(cache)
+        val_bytes = int(stored["val_bytes"]) if "val_bytes" in stored else len(stored["val"])  # caches of bytes before BPE
+        return Corpus(_indexable(stored["train"]), _indexable(stored["val"]), corpus_hash, float(stored["unigram"]),
+                      float(stored["bigram"]), val_bytes, tokenizer)
+    train, val = (_tokens(text, tokenizer) for text in (train_text, val_text))
+    unigram, bigram = reference_losses(val, tokenizer.vocab_size)
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename: parallel jobs may build the same cache at once.
     with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, train=train, val=val, unigram=unigram, bigram=bigram)
+        np.savez(tmp, train=train, val=val, unigram=unigram, bigram=bigram, val_bytes=len(val_text))
     os.replace(tmp.name, cache)
-    return Corpus(train, val, corpus_hash, unigram, bigram)
+    return Corpus(_indexable(train), _indexable(val), corpus_hash, unigram, bigram, len(val_text), tokenizer)
+
+
+def run_tokenizer(data_cfg) -> Tokenizer:
+    """The tokenizer of a run's data config: bytes, or its BPE (from the cache; trained there if missing)."""
+    return BYTES if data_cfg.tokenizer == "bytes" else load_corpus(data_cfg, Path(data_cfg.cache_dir)).tokenizer
+
+
+def _indexable(tokens: np.ndarray) -> np.ndarray:
+    """uint16 (a BPE's ids, as stored) is not a dtype torch indexes: int32 in memory."""
+    return tokens.astype(np.int32) if tokens.dtype == np.uint16 else tokens
+
+
+def _tokens(text: bytes, tokenizer: Tokenizer) -> np.ndarray:
+    if tokenizer is BYTES:
+        return np.frombuffer(bytearray(text), dtype=np.uint8)
+    return np.array(tokenizer.encode(text.decode(errors="replace")), dtype=np.uint16)
 
 
 def sample_batch(tokens: torch.Tensor, batch_size: int, n_ctx: int, generator: torch.Generator):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import tempfile
@@ -15,11 +14,12 @@ from omegaconf import DictConfig
 
 from sweep import lifecycle, names
 from sweep.collapse import collapse_metrics
-from sweep.data import VOCAB_SIZE, eval_windows, load_corpus
+from sweep.data import eval_windows, load_corpus, vocab_size
 from sweep.model import GPT, ModelShape
 from sweep.points import point_label
-from sweep.prune_stage import run_pruning
+from sweep.prune_stage import check_tasks, run_pruning
 from sweep.sparsity import WeightSparsifier
+from sweep.tokenizer import BYTES
 from sweep.tracking import JobRun
 from sweep.train import train
 from sweep.validate import validate
@@ -44,7 +44,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build_model(cfg: DictConfig) -> GPT:
-    return GPT(ModelShape.from_config(cfg.model, VOCAB_SIZE[cfg.data.tokenizer]))
+    return GPT(ModelShape.from_config(cfg.model, vocab_size(cfg.data)))
 
 
 def exit_on_sigterm() -> None:
@@ -71,10 +71,13 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.train.device)
     corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
+    if cfg.prune.enabled and corpus.tokenizer is not BYTES:
+        check_tasks(cfg, corpus.tokenizer)  # answers must be single tokens of this BPE: still before the run
     label = point_label(cfg, overrides)
 
     exit_on_sigterm()
-    with lifecycle.job_running(), JobRun(cfg, label, parent_run_id, {names.TAG_CORPUS_HASH: corpus.corpus_hash}) as run:
+    tags = {names.TAG_CORPUS_HASH: corpus.corpus_hash, names.TAG_TOKENIZER_HASH: corpus.tokenizer.hash}
+    with lifecycle.job_running(), JobRun(cfg, label, parent_run_id, tags) as run:
         model = build_model(cfg).to(device)
         sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(),
                                       cfg.sparsity.density, cfg.model.width_mult, cfg.sparsity)
@@ -83,12 +86,15 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
                        label=label, position=bar_position)
         total, nonzero = model.count_params()
         held_out_inputs, _ = eval_windows(torch.from_numpy(corpus.val), cfg.model.n_ctx, cfg.train.eval_windows)
+        _, final_targets = eval_windows(torch.from_numpy(corpus.val), cfg.model.n_ctx, cfg.train.final_eval_windows)
         run.log_metrics(collapse_metrics(model, held_out_inputs.to(device), cfg.train.batch_size))
         run.log_metrics({
             names.CAPABILITY_VAL_LOSS: result.val_loss,
-            names.CAPABILITY_BITS_PER_BYTE: result.val_loss / math.log(2),
+            names.CAPABILITY_BITS_PER_BYTE: corpus.per_byte(result.val_loss, final_targets),
             names.CAPABILITY_UNIGRAM: corpus.unigram_loss,
             names.CAPABILITY_BIGRAM: corpus.bigram_loss,
+            names.CAPABILITY_UNIGRAM_BPB: corpus.per_byte(corpus.unigram_loss),
+            names.CAPABILITY_BIGRAM_BPB: corpus.per_byte(corpus.bigram_loss),
             names.MODEL_TOTAL_PARAMS: total,
             names.MODEL_NONZERO_PARAMS: nonzero,
             names.TIME_TRAIN: result.train_s,
@@ -98,8 +104,11 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
             checkpoint = Path(tmp) / Path(names.ARTIFACT_CHECKPOINT).name
             torch.save(model.state_dict(), checkpoint)
             run.log_artifact(checkpoint, names.ARTIFACT_CHECKPOINT_DIR)
+            if corpus.tokenizer.save(Path(tmp) / names.ARTIFACT_TOKENIZER):
+                run.log_artifact(Path(tmp) / names.ARTIFACT_TOKENIZER)
         circuits = {}
         lifecycle.raise_if_stopped()
         if cfg.prune.enabled:
-            circuits = run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts)
+            circuits = run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts,
+                                   corpus.tokenizer)
     return JobOutcome(names.STATUS_FINISHED, run.run_id, result.val_loss, circuits.get(names.EDGES_GEOMEAN))

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+POS_EMB = ("learned", "none")
+
 # A node hook sees (layer, location, activation) and returns the activation to use instead.
 NodeHook = Callable[[int, str, torch.Tensor], torch.Tensor]
 
@@ -25,6 +27,8 @@ class ModelShape:
     d_mlp: int
     n_ctx: int
     act_topk_frac: float = 1.0
+    pos_emb: str = "learned"      # POS_EMB: learned positions in the residual stream, or none
+    bigram_table: bool = False    # a dense vocab x vocab table added to the logits
 
     @property
     def n_head(self) -> int:
@@ -41,6 +45,9 @@ class ModelShape:
             d_mlp=model_cfg.mlp_ratio * d_model,
             n_ctx=model_cfg.n_ctx,
             act_topk_frac=model_cfg.act_topk_frac,
+            # runs logged before these options existed had learned positions and no table
+            pos_emb=model_cfg.get("pos_emb", "learned"),
+            bigram_table=bool(model_cfg.get("bigram_table", False)),
         )
 
 
@@ -94,7 +101,9 @@ class GPT(nn.Module):
         super().__init__()
         self.shape = shape
         self.tok_emb = nn.Embedding(shape.vocab_size, shape.d_model)
-        self.pos_emb = nn.Embedding(shape.n_ctx, shape.d_model)
+        self.pos_emb = nn.Embedding(shape.n_ctx, shape.d_model) if shape.pos_emb == "learned" else None
+        # the paper's bigram table: learnable, never sparsified, no weight decay, outside every circuit
+        self.bigram = nn.Parameter(torch.zeros(shape.vocab_size, shape.vocab_size)) if shape.bigram_table else None
         self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layer))
         self.ln_f = nn.RMSNorm(shape.d_model)
         self.unembed = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
@@ -130,11 +139,15 @@ class GPT(nn.Module):
         """Token ids (B, T) -> logits (B, T, vocab); with `last` (B,), only the logits at those positions,
         (B, vocab): the last block then computes one position per sequence (a task needs no more)."""
         T = idx.shape[1]
-        x = self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))  # (B, T, d_model)
+        x = self.tok_emb(idx)  # (B, T, d_model)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
         for i, block in enumerate(self.blocks):
             x = block(x, partial(self.node, i), last if i == len(self.blocks) - 1 else None)
         logits = self.unembed(self.ln_f(x))
-        return logits if last is None else logits[:, 0]
+        if last is not None:
+            logits, idx = logits[:, 0], idx[torch.arange(len(last), device=idx.device), last]  # (B, vocab), (B,)
+        return logits if self.bigram is None else logits + self.bigram[idx]
 
     def hidden_matrices(self) -> dict[str, nn.Parameter]:
         """Attention and MLP weights: the matrices at `sparsity.density`, shape (out, in)."""
@@ -142,9 +155,10 @@ class GPT(nn.Module):
         return {f"blocks.{i}.{n}.weight": getattr(b, n).weight for i, b in enumerate(self.blocks) for n in names}
 
     def embedding_matrices(self) -> dict[str, nn.Parameter]:
-        """Token / position embeddings and the unembedding: density * width_mult, capped at 1."""
-        return {"tok_emb.weight": self.tok_emb.weight, "pos_emb.weight": self.pos_emb.weight,
-                "unembed.weight": self.unembed.weight}
+        """Token / position embeddings and the unembedding: density * width_mult, capped at 1. The bigram
+        table is none of these: dense, and left out of every count."""
+        positions = {} if self.pos_emb is None else {"pos_emb.weight": self.pos_emb.weight}
+        return {"tok_emb.weight": self.tok_emb.weight, **positions, "unembed.weight": self.unembed.weight}
 
     def count_params(self) -> tuple[int, int]:
         """(total, nonzero) over all matrices, excluding norm gains."""

@@ -26,6 +26,7 @@ TAG_CONFIG_HASH = "sweep.config_hash"
 TAG_STATUS = "sweep.status"  # finished | failed: <reason> | skipped: duplicate of <run_id>
 TAG_GIT_COMMIT = "git.commit"
 TAG_CORPUS_HASH = "data.corpus_hash"
+TAG_TOKENIZER_HASH = "data.tokenizer_hash"  # `bytes`, or the hash of the BPE's JSON (the artifact ARTIFACT_TOKENIZER)
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 KIND_PARENT = "parent"
@@ -46,6 +47,8 @@ CAPABILITY_VAL_LOSS = "capability/val_loss"
 CAPABILITY_BITS_PER_BYTE = "capability/bits_per_byte"
 CAPABILITY_UNIGRAM = "capability/unigram_loss"
 CAPABILITY_BIGRAM = "capability/bigram_loss"
+CAPABILITY_UNIGRAM_BPB = "capability/unigram_bits_per_byte"  # the reference losses per byte of validation text
+CAPABILITY_BIGRAM_BPB = "capability/bigram_bits_per_byte"
 MODEL_TOTAL_PARAMS = "model/total_params"
 MODEL_NONZERO_PARAMS = "model/nonzero_params"
 TIME_TRAIN = "time/train_s"
@@ -59,7 +62,8 @@ COLLAPSE_DEAD_LAYERS = "collapse/dead_layer_count"
 CIRCUIT_PER_TASK = ("nodes", "edges", "loss", "full_loss", "solved", "necessity_loss", "beats_model",
                     "nodes_before_pass",  # the bisection's prefix, before the minimality pass
                     "nodes_restart_median",  # median over the method's rankings (restarts, penalties) of the bisection's nodes
-                    "cue_distance")  # tokens before the last one where the two prompts of a pair first differ (median)
+                    "cue_distance",  # tokens before the last one where the two prompts of a pair first differ (median)
+                    "empty_loss")  # every node ablated: what the ablation values and the bigram table do alone
 EDGES_GEOMEAN = "circuit/edges_geomean"
 NODES_GEOMEAN = "circuit/nodes_geomean"
 TASKS_SOLVED_FRAC = "circuit/tasks_solved_frac"
@@ -84,6 +88,8 @@ TRAINING_SUMMARY_METRICS = (
     CAPABILITY_BITS_PER_BYTE,
     CAPABILITY_UNIGRAM,
     CAPABILITY_BIGRAM,
+    CAPABILITY_UNIGRAM_BPB,
+    CAPABILITY_BIGRAM_BPB,
     MODEL_TOTAL_PARAMS,
     MODEL_NONZERO_PARAMS,
     TIME_TRAIN,
@@ -97,6 +103,7 @@ TRAINING_SUMMARY_METRICS = (
 ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_CHECKPOINT_DIR = "checkpoint"
 ARTIFACT_CHECKPOINT = "checkpoint/model.pt"
+ARTIFACT_TOKENIZER = "tokenizer.json"  # a BPE run's tokenizer (the `tokenizers` package's JSON)
 
 # Each multirun job writes its outcome here, in its own output folder; the sweep summary reads them.
 RESULT_FILE = "result.json"

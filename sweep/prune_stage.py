@@ -19,6 +19,7 @@ from sweep.errors import ConfigError
 from sweep.model import GPT
 from sweep.prune import ABLATIONS, Evaluator, node_means, node_names
 from sweep.prune_mask import GATES
+from sweep.tokenizer import BYTES, Tokenizer
 
 
 def task_names(tasks_cfg: DictConfig) -> list[str]:
@@ -51,8 +52,15 @@ def check_prune_config(cfg: DictConfig) -> None:
     temperature = list(p.temperature) if isinstance(p.temperature, ListConfig) else None
     if not temperature or len(temperature) != 2 or not all(_positive(t) for t in temperature):
         raise ConfigError("prune.temperature", p.temperature, "must be [start, end], two numbers > 0")
+    check_tasks(cfg)
+
+
+def check_tasks(cfg: DictConfig, tokenizer: Tokenizer = BYTES) -> None:
+    """Every task of the suite and the control exists, fits, and has single-token answers under the
+    tokenizer (a BPE is known only once the corpus is loaded: the job checks again then)."""
     for name in [*task_names(cfg.tasks), tasks.CONTROL]:
-        tasks.check_task(name, cfg.model.n_ctx, cfg.seed, cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.tasks.preamble)
+        tasks.check_task(name, cfg.model.n_ctx, cfg.seed, cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.tasks.preamble,
+                         tokenizer)
 
 
 def _positive(value) -> bool:
@@ -63,20 +71,22 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(max(v, 1)) for v in values) / len(values)) if values else float("nan")
 
 
-def judge(model: GPT, task_set: tasks.TaskSet, task: int, circuit: Circuit, evaluator: Evaluator, target_loss: float):
+def judge(model: GPT, task_set: tasks.TaskSet, task: int, circuit: Circuit, evaluator: Evaluator, target_loss: float,
+          tokenizer: Tokenizer = BYTES):
     """A circuit's size and honesty checks (per-task metric values), its node names and its edges."""
     is_control = task_set.name == tasks.CONTROL
     everything = torch.ones(evaluator.n_nodes, dtype=torch.bool)
-    full_loss, = evaluator.losses([(task, everything)])
-    values = {"loss": circuit.loss, "full_loss": full_loss, "cue_distance": tasks.cue_distance(task_set)}
+    full_loss, empty_loss = evaluator.losses([(task, everything), (task, ~everything)])
+    values = {"loss": circuit.loss, "full_loss": full_loss, "empty_loss": empty_loss,
+              "cue_distance": tasks.cue_distance(task_set, tokenizer)}
     if not circuit.solved:
         nan = math.nan
         return {**values, "nodes": nan, "edges": nan, "solved": 0.0, "necessity_loss": full_loss, "beats_model": 0.0,
                 "nodes_before_pass": nan, "nodes_restart_median": nan}, [], []
     nodes = node_names(evaluator.sites, circuit.keep)
     examples = task_set.train + task_set.heldout
-    inputs = {b for e in examples for b in e.prompt.encode()}
-    answers = {e.target.encode()[0] for e in examples}
+    inputs = {t for e in examples for t in tokenizer.encode(e.prompt)}
+    answers = {tokenizer.encode(e.target)[0] for e in examples}
     edges = circuit_edges(model, nodes, inputs, answers)
     model_reaches = full_loss <= target_loss
     necessity_loss, = evaluator.losses([(task, ~circuit.keep)])
@@ -87,7 +97,8 @@ def judge(model: GPT, task_set: tasks.TaskSet, task: int, circuit: Circuit, eval
             "nodes_before_pass": circuit.nodes_before_pass, "nodes_restart_median": circuit.restart_median}, nodes, edges
 
 
-def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metrics, log_artifacts) -> dict:
+def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metrics, log_artifacts,
+                tokenizer: Tokenizer = BYTES) -> dict:
     """Prune every task (and the control) in one optimisation; log metrics and circuit artifacts."""
     start = time.perf_counter()
     device = next(model.parameters()).device
@@ -96,8 +107,8 @@ def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metri
     sets = [tasks.generate(n, cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.seed, n_ctx, cfg.tasks.preamble)
             for n in task_list]
     on_device = lambda batch: tuple(t.to(device) for t in batch)  # noqa: E731
-    train = [on_device(tasks.encode(s.train)) for s in sets]
-    heldout = [on_device(tasks.encode(s.heldout)) for s in sets]
+    train = [on_device(tasks.encode(s.train, tokenizer, n_ctx)) for s in sets]
+    heldout = [on_device(tasks.encode(s.heldout, tokenizer, n_ctx)) for s in sets]
     text, _ = eval_windows(val_tokens, n_ctx, p.mean_windows)
     means = node_means(model, text.to(device), cfg.train.batch_size) if p.ablation == "mean" else None
     circuits, evaluator = find_circuits(model, train, heldout, means, p)
@@ -106,7 +117,7 @@ def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metri
     solved_edges, solved_nodes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for task, (task_set, circuit) in enumerate(zip(sets, circuits)):
-            values, nodes, edges = judge(model, task_set, task, circuit, evaluator, p.target_loss)
+            values, nodes, edges = judge(model, task_set, task, circuit, evaluator, p.target_loss, tokenizer)
             is_control = task_set.name == tasks.CONTROL
             if values["solved"] and not is_control:
                 solved_edges.append(len(edges))

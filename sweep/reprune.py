@@ -103,7 +103,7 @@ def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_URI, 
     label = f"{point_label(cfg)} prune {' '.join(overrides)}".strip()
     with JobRun(cfg, label, parent_run_id or train_run.data.tags.get(names.TAG_PARENT), tags) as run:
         run.log_metrics({k: v for k, v in train_run.data.metrics.items() if k.startswith(CARRIED_PREFIXES)})
-        run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts)
+        run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts, corpus.tokenizer)
     return run.run_id
 
 

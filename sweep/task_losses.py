@@ -17,12 +17,13 @@ import torch
 
 from sweep import names, tasks
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
+from sweep.data import run_tokenizer
 from sweep.job import build_model
 from sweep.reprune import DEFAULT_URI, load_training_run, open_store
 
 
 def checkpoints(client, experiment: str):
-    """(column label, model, config) of every finished training run, by width, density, seed."""
+    """(column label, model, config, tokenizer) of every finished training run, by width, density, seed."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ConfigError("--experiment", experiment, f"no such experiment in {client.tracking_uri}")
@@ -35,25 +36,28 @@ def checkpoints(client, experiment: str):
             _, cfg, checkpoint = load_training_run(client, run.info.run_id, Path(tmp))
             model = build_model(cfg)
             model.load_state_dict(torch.load(checkpoint, weights_only=True))
-            models.append((cfg, model.eval()))
+            models.append((cfg, model.eval(), run_tokenizer(cfg.data)))
     models.sort(key=lambda m: (m[0].model.width_mult, -m[0].sparsity.density, m[0].seed))
-    return [(f"w{c.model.width_mult}d{c.sparsity.density:g}s{c.seed}", m, c) for c, m in models]
+    return [(f"w{c.model.width_mult}d{c.sparsity.density:g}s{c.seed}", m, c, t) for c, m, t in models]
 
 
 @torch.no_grad()
 def table(columns, task_names: list[str], n_heldout: int = 64, seed: int = 0) -> str:
-    """Markdown: one row per task, its cue distance (median, range; 0: the last token decides, no
-    attention needed), then one column per checkpoint: held-out task loss (chance ln 2)."""
-    lines = ["| task | cue distance | " + " | ".join(label for label, _, _ in columns) + " |",
+    """Markdown: one row per task, its cue distance (median, range, in tokens of the first column's
+    tokenizer; 0: the last token decides, no attention needed), then one column per checkpoint:
+    held-out task loss (chance ln 2)."""
+    lines = ["| task | cue distance | " + " | ".join(column[0] for column in columns) + " |",
              "|---" * (len(columns) + 2) + "|"]
     for name in task_names:
-        cfg = columns[0][2]
-        distances = tasks.pair_cue_distances(tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble))
+        _, _, cfg, tokenizer = columns[0]
+        distances = tasks.pair_cue_distances(tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble),
+                                             tokenizer)
         median = statistics.median(distances)
         cells = [f"{median:g} ({min(distances)}-{max(distances)})" + (" last token" if max(distances) == 0 else "")]
-        for _, model, cfg in columns:
+        for _, model, cfg, tokenizer in columns:
             held_out = tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble).heldout
-            cells.append(f"{tasks.task_loss(model, tasks.encode(held_out)).item():.3f}")
+            batch = tasks.encode(held_out, tokenizer, cfg.model.n_ctx)
+            cells.append(f"{tasks.task_loss(model, batch).item():.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from sweep.errors import ConfigError
+from sweep.tokenizer import BYTES, Tokenizer
 
 # A generator draws one minimal pair: (prompt_a, target_a, prompt_b, target_b).
 Pair = tuple[str, str, str, str]
@@ -251,29 +252,40 @@ def generate(name: str, n_train: int, n_heldout: int, seed: int, n_ctx: int, wit
 
 
 def check_task(name: str, n_ctx: int, seed: int = 0, n_train: int = 8, n_heldout: int = 8,
-               with_preamble: bool = True) -> None:
-    """Config-time check: the task exists, its contrasts are single tokens, enough prompts fit."""
+               with_preamble: bool = True, tokenizer: Tokenizer = BYTES) -> None:
+    """Config-time check: the task exists, enough prompts fit, and its two answers are two distinct
+    single tokens under the tokenizer."""
     if name not in TASKS and name != CONTROL:
         raise ConfigError("tasks.names", name, f"unknown task; allowed: {', '.join(sorted([*TASKS, CONTROL]))}")
     sample = generate(name, n_train, n_heldout, seed, n_ctx, with_preamble)  # raises if too few distinct prompts
     for example in sample.train + sample.heldout:
-        for token in (example.target, example.other):
-            if len(token.encode()) != 1:
-                raise ConfigError("tasks.names", name, f"contrast {token!r} is not a single byte token")
+        answers = [answer_token(name, text, tokenizer) for text in (example.target, example.other)]
+        if answers[0] == answers[1]:
+            raise ConfigError("tasks.names", name, f"answers {example.target!r} and {example.other!r} are one token")
 
 
-def pair_cue_distances(task_set: TaskSet) -> list[int]:
+def answer_token(task: str, text: str, tokenizer: Tokenizer) -> int:
+    """The single token of an answer; a ConfigError naming the task and the tokens otherwise."""
+    ids = tokenizer.encode(text)
+    if len(ids) != 1:
+        shown = " + ".join(repr(tokenizer.token_text(i)) for i in ids)
+        raise ConfigError("tasks.names", task, f"answer {text!r} is {len(ids)} tokens under the {tokenizer.name} "
+                                               f"tokenizer ({shown}); a task's two answers must be single tokens")
+    return ids[0]
+
+
+def pair_cue_distances(task_set: TaskSet, tokenizer: Tokenizer = BYTES) -> list[int]:
     """How far back a task's evidence lies, per pair: align the two prompts at their ends; the cue
     distance is how many tokens before the last one they first differ (0: the last tokens differ, as
     `else` / `elif` do, and no attention is needed)."""
     examples = task_set.train + task_set.heldout
-    return [_first_difference_from_end(list(a.prompt.encode()), list(b.prompt.encode()))
+    return [_first_difference_from_end(tokenizer.encode(a.prompt), tokenizer.encode(b.prompt))
             for a, b in zip(examples[::2], examples[1::2])]
 
 
-def cue_distance(task_set: TaskSet) -> float:
-    """The median cue distance over the task's pairs."""
-    return float(statistics.median(pair_cue_distances(task_set)))
+def cue_distance(task_set: TaskSet, tokenizer: Tokenizer = BYTES) -> float:
+    """The median cue distance over the task's pairs, in tokens of the tokenizer."""
+    return float(statistics.median(pair_cue_distances(task_set, tokenizer)))
 
 
 def _first_difference_from_end(a: list[int], b: list[int]) -> int:
@@ -316,15 +328,17 @@ def _slots_in(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field}
 
 
-def encode(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded byte prompts (N, T), last positions (N,), target and contrast ids (N,)."""
-    ids = [list(e.prompt.encode()) for e in examples]
+def encode(examples: list[Example], tokenizer: Tokenizer = BYTES,
+           n_ctx: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prompts (N, T) cut from the left to `n_ctx` tokens, last positions (N,), target and
+    contrast ids (N,)."""
+    ids = [tokenizer.encode(e.prompt)[-n_ctx if n_ctx else 0:] for e in examples]
     tokens = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
     for row, seq in enumerate(ids):
         tokens[row, : len(seq)] = torch.tensor(seq)
     last = torch.tensor([len(seq) - 1 for seq in ids])
-    target = torch.tensor([e.target.encode()[0] for e in examples])
-    other = torch.tensor([e.other.encode()[0] for e in examples])
+    target = torch.tensor([tokenizer.encode(e.target)[0] for e in examples])
+    other = torch.tensor([tokenizer.encode(e.other)[0] for e in examples])
     return tokens, last, target, other
 
 

@@ -47,9 +47,9 @@ def sharkfin_factor(density_final: float, density_now: float) -> float:
 
 
 def build_optimizer(model: GPT, train_cfg) -> torch.optim.Optimizer:
-    """Adam with decoupled weight decay (wd * lr_t) on matrices only; norm gains get none."""
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    others = [p for p in model.parameters() if p.dim() < 2]
+    """Adam with decoupled weight decay (wd * lr_t) on matrices only; norm gains and the bigram table get none."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2 and p is not model.bigram]
+    others = [p for p in model.parameters() if p.dim() < 2 or p is model.bigram]
     groups = [{"params": matrices, "weight_decay": train_cfg.weight_decay},
               {"params": others, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=train_cfg.lr, betas=tuple(train_cfg.betas), eps=train_cfg.adam_eps)

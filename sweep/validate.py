@@ -9,6 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import data, tracking
 from sweep.errors import ConfigError
+from sweep.tokenizer import N_BYTES, TOKENIZERS
+from sweep.model import POS_EMB
 from sweep.prune_stage import check_prune_config
 from sweep.sparsity import check_feasible
 from sweep.train import LR_SCHEDULES
@@ -36,6 +38,13 @@ def _integer(cfg: DictConfig, key: str, low: int) -> int:
     return value
 
 
+def _boolean(cfg: DictConfig, key: str) -> bool:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "allowed: true, false")
+    return value
+
+
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
     value = _get(cfg, key)
     if value not in allowed:
@@ -60,6 +69,8 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "model.mlp_ratio", 1)
     _integer(cfg, "model.n_ctx", 2)
     _number(cfg, "model.act_topk_frac", 0.0, 1.0, low_open=True)
+    _choice(cfg, "model.pos_emb", POS_EMB)
+    _boolean(cfg, "model.bigram_table")
     d_model = base_width * width_mult
     if d_model % d_head:
         raise ConfigError("model.d_head", d_head, f"must divide d_model = model.base_width * model.width_mult = {d_model}")
@@ -92,11 +103,11 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "train.eval_windows", 1)
     _integer(cfg, "train.final_eval_windows", 1)
 
-    _choice(cfg, "data.tokenizer", data.TOKENIZERS)
+    if _choice(cfg, "data.tokenizer", TOKENIZERS) == "bpe":
+        _integer(cfg, "data.vocab_size", N_BYTES + 1)
     _number(cfg, "data.val_frac", 0.0, 1.0, low_open=True, high_open=True)
     data.check_source(cfg.data.source)
-    if not isinstance(cfg.tasks.preamble, bool):
-        raise ConfigError("tasks.preamble", cfg.tasks.preamble, "allowed: true, false")
+    _boolean(cfg, "tasks.preamble")
     _integer(cfg, "tasks.n_train", 1)
     _integer(cfg, "tasks.n_heldout", 1)
     _integer(cfg, "prune.steps", 1)

@@ -310,3 +310,18 @@ def test_the_analysis_loads_no_training_code():
     loaded = set(result.stdout.split())
     assert "sweep.names" in loaded
     assert not loaded & {"torch", "sweep.model", "sweep.train", "sweep.prune", "sweep.job", "sweep.data", "sweep.circuit"}
+
+
+def test_runs_of_two_tokenizers_are_compared_per_byte(tmp_path):
+    store = Store(tmp_path / "store")
+    parent = store.parent()
+    store.job(parent, 1, 1, loss=2.0, tasks={"a": 100}, extra={names.CAPABILITY_BITS_PER_BYTE: 2.0 / math.log(2)})
+    store.job(parent, 1, 1, loss=3.0, tasks={"a": 100}, params={"data.tokenizer": "bpe"},  # nats per token
+              extra={names.CAPABILITY_BITS_PER_BYTE: 1.5, names.CAPABILITY_BIGRAM_BPB: 2.0,
+                     names.CAPABILITY_UNIGRAM_BPB: 3.0}, config_hash="bpe")
+    assert analyse(store, tmp_path / "out", "--no-log", "--no-figures") == 0
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("data.tokenizer", drop=False)
+    assert runs.loc["bpe", names.CAPABILITY_VAL_LOSS] == pytest.approx(1.5 * math.log(2))  # nats per byte
+    assert runs.loc["bpe", names.CAPABILITY_BIGRAM] == pytest.approx(2.0 * math.log(2))
+    assert runs[names.CAPABILITY_VAL_LOSS].min() == pytest.approx(1.5 * math.log(2))
+    assert pd.read_csv(tmp_path / "out" / "runs.csv")[names.CAPABILITY_VAL_LOSS].max() == pytest.approx(2.0)

@@ -32,6 +32,8 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["prune.gate=soft"], "prune.gate", "allowed: annealed, straight_through"),
     (["prune.temperature=[1.0]"], "prune.temperature", "[start, end]"),
     (["tasks.preamble=sometimes"], "tasks.preamble", "allowed: true, false"),
+    (["model.pos_emb=rotary"], "model.pos_emb", "allowed: learned, none"),
+    (["model.bigram_table=maybe"], "model.bigram_table", "allowed: true, false"),
     (["model.n_ctx=16"], "tasks.names", "needed"),  # the quick tasks' prompts cannot fit
 ]
 

@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import PROJECT_ROOT
-from sweep.sweepers import INVALID, RUN, SKIP, expand_grid, grids_of, mark_repeats, plan_points
+from sweep import names
+from sweep.sweepers import INVALID, RUN, expand_grid, grids_of, mark_repeats, plan_points
 
 
 def planned(grid: str):
@@ -37,15 +38,33 @@ def test_quick_grid():
     assert sum(entry.action == RUN for entry in plan) == 16
 
 
-def test_paper_grid_has_the_constant_nonzero_axis():
+def test_paper_grid_is_the_recipe():
     points, plan = planned("paper")
-    by_point = dict(zip(points, plan))
-    assert all(entry.action != INVALID for entry in plan)
-    assert by_point[(1, 0.25, 0)].action == SKIP  # on the axis and in the grid: runs once
-    nonzero_axis = [(1, 0.25), (2, 0.0625), (4, 0.015625), (8, 0.00390625)]
+    assert all(entry.action == RUN for entry in plan)
+    nonzero_axis = [(1, 0.25), (2, 0.0625), (4, 0.015625)]  # hidden density pfrac / E^2
     assert len({w * w * d for w, d in nonzero_axis}) == 1
-    assert all((w, d, 0) in by_point for w, d in nonzero_axis)
-    assert {(w, d) for w, d, _ in points if d == 1.0} == {(1, 1.0), (2, 1.0), (4, 1.0)}  # dense baselines
+    assert set(points) == {(w, d, 0) for w, d in nonzero_axis} | {(w, 1.0, 0) for w in (1, 2, 4)}  # + dense baselines
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=paper"])
+    assert (cfg.data.tokenizer, cfg.data.vocab_size, cfg.model.n_ctx) == ("bpe", 2048, 256)
+    assert (cfg.model.n_layer, cfg.model.base_width, cfg.model.mlp_ratio, cfg.model.d_head) == (8, 256, 4, 16)
+    assert cfg.model.bigram_table and cfg.model.pos_emb == "none" and cfg.model.act_topk_frac == 0.25
+    assert cfg.sparsity.min_per_neuron == 4 and cfg.tasks.suite == "paper" and cfg.prune.target_loss == 0.15
+    assert (cfg.train.lr, cfg.train.adam_eps, list(cfg.train.betas), cfg.train.weight_decay) == (0.0128, 0.1, [0.9, 0.95], 0.1)
+
+
+def test_a_two_point_smoke_of_the_paper_grid_runs_on_the_cpu(sweep):
+    """The recipe end to end at a toy size: BPE, bigram table, no positions, j = 4, AbsTopK, two widths."""
+    result = sweep.run("experiment=paper", "model.base_width=32", "model.n_layer=2", "model.n_ctx=128",
+                       "data.vocab_size=512", "model.width_mult=1,2", "sparsity.density=1",
+                       "hydra.sweeper.extra_grids=[]", "train.threads=1", "hydra.launcher.n_jobs=2",
+                       "tasks.suite=quick", "tasks.names=[else_elif]", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
+    assert len(jobs) == 2 and all(r.info.status == "FINISHED" for r in jobs)
+    assert {r.data.params["model.width_mult"] for r in jobs} == {"1", "2"}
+    assert all(r.data.params["data.tokenizer"] == "bpe" and r.data.params["model.bigram_table"] == "True" for r in jobs)
+    assert len({r.data.tags[names.TAG_TOKENIZER_HASH] for r in jobs}) == 1  # one BPE for the grid
 
 
 def test_an_unknown_grid_is_named_with_the_allowed_ones(sweep):

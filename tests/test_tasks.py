@@ -66,12 +66,16 @@ def test_a_randomly_initialised_model_is_at_chance():
         assert loss == pytest.approx(math.log(2), abs=0.05), name
 
 
-@pytest.mark.parametrize("n_layer", [1, 2])
-def test_task_loss_reads_the_last_real_position(n_layer):
+@pytest.mark.parametrize("n_layer,pos_emb,bigram_table", [(1, "learned", False), (2, "learned", False),
+                                                          (2, "none", True)])
+def test_task_loss_reads_the_last_real_position(n_layer, pos_emb, bigram_table):
     """Right padding: the loss uses each prompt's own last byte, padding never changes it, and the
-    last-position forward gives the full forward's logits there."""
+    last-position forward gives the full forward's logits there (with the bigram table: of the last byte)."""
     torch.manual_seed(0)
-    model = GPT(ModelShape(vocab_size=256, d_model=32, n_layer=n_layer, d_head=16, d_mlp=128, n_ctx=64)).eval()
+    model = GPT(ModelShape(vocab_size=256, d_model=32, n_layer=n_layer, d_head=16, d_mlp=128, n_ctx=64,
+                           pos_emb=pos_emb, bigram_table=bigram_table)).eval()
+    if model.bigram is not None:
+        torch.nn.init.normal_(model.bigram)
     examples = tasks.generate("bracket_brace", 8, 0, seed=0, n_ctx=64).train
     tokens, last, target, other = tasks.encode(examples)
     with torch.no_grad():

@@ -1,0 +1,90 @@
+"""The BPE tokenizer: deterministic, cached once per corpus and settings, round-trips, bits per byte
+by hand, single-token answers, and a real job on it."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from sweep import names, tasks
+from sweep.data import eval_windows, load_corpus
+from sweep.errors import ConfigError
+from sweep.model import GPT, ModelShape
+from sweep.tokenizer import BYTES, Tokenizer, bpe_cache_path, train_bpe
+from tests.conftest import SMALL_CORPUS
+
+SOURCE = (SMALL_CORPUS / "utils.py").read_text()
+
+
+def data_cfg(cache, vocab_size=400, tokenizer="bpe"):
+    return OmegaConf.create({"source": str(SMALL_CORPUS), "tokenizer": tokenizer, "vocab_size": vocab_size,
+                             "val_frac": 0.2, "split_seed": 0, "cache_dir": str(cache)})
+
+
+def test_training_is_deterministic_and_keeps_punctuation_with_its_newlines():
+    first, second = train_bpe(SOURCE, 400), train_bpe(SOURCE, 400)
+    assert first.to_str() == second.to_str() and first.get_vocab_size() == 400
+    bpe = Tokenizer("bpe", first)
+    for text in (SOURCE, "def f(x):\n    return [x]]\n", "ünïcode ✓ 'quoted'\n"):
+        assert bpe.decode(bpe.encode(text)) == text
+    pieces = [bpe.token_text(t) for t in bpe.encode("    if x:\n        pass\n")]
+    assert ":\n" in pieces  # a colon and its newline are one pre-token, and common enough to merge
+    assert sum(bpe.token_bytes()[t] for t in bpe.encode(SOURCE)) == len(SOURCE.encode())
+
+
+def test_a_second_job_reuses_the_cached_bpe(tmp_path):
+    corpus = load_corpus(data_cfg(tmp_path), tmp_path)
+    cache = bpe_cache_path(tmp_path, corpus.corpus_hash, data_cfg(tmp_path))
+    stamp = cache.stat().st_mtime_ns
+    again = load_corpus(data_cfg(tmp_path), tmp_path)
+    assert cache.stat().st_mtime_ns == stamp and again.tokenizer.hash == corpus.tokenizer.hash
+    assert torch.equal(torch.from_numpy(again.train), torch.from_numpy(corpus.train))
+    assert corpus.train.max() < 400 and corpus.tokenizer.vocab_size == 400
+    assert len(corpus.val) < corpus.val_bytes  # a BPE token stands for more than one byte on average
+
+
+def test_a_vocabulary_the_corpus_cannot_fill_is_bad_input(tmp_path):
+    with pytest.raises(ConfigError, match="data.vocab_size"):
+        load_corpus(data_cfg(tmp_path, vocab_size=10**6), tmp_path)
+
+
+def test_bits_per_byte_are_nats_over_bytes_by_hand(tmp_path):
+    corpus = load_corpus(data_cfg(tmp_path), tmp_path)
+    torch.manual_seed(0)
+    model = GPT(ModelShape(vocab_size=400, d_model=16, n_layer=1, d_head=8, d_mlp=64, n_ctx=16)).eval()
+    inputs, targets = eval_windows(torch.from_numpy(corpus.val), 16, 8)
+    with torch.no_grad():
+        nats = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), reduction="none")
+    text_bytes = sum(len(corpus.tokenizer.decode([t]).encode()) for t in targets.flatten().tolist())
+    by_hand = nats.sum().item() / text_bytes / math.log(2)
+    assert corpus.per_byte(nats.mean().item(), targets) == pytest.approx(by_hand, rel=1e-3)
+    bytes_corpus = load_corpus(data_cfg(tmp_path, tokenizer="bytes"), tmp_path)
+    assert bytes_corpus.per_byte(1.0) == pytest.approx(1 / math.log(2))  # bytes: nats / ln 2
+
+
+def test_answers_must_be_single_distinct_tokens_of_the_tokenizer():
+    bpe = Tokenizer("bpe", train_bpe(SOURCE * 3, 600))
+    tasks.check_task("else_elif", 64, tokenizer=BYTES)
+    long_answer = next(text for text in ("return", "self", "def") if len(bpe.encode(text)) == 1)
+    assert tasks.answer_token("t", long_answer, bpe) == bpe.encode(long_answer)[0]
+    with pytest.raises(ConfigError, match="lambda_func.*2 tokens"):
+        tasks.answer_token("lambda_func", "ab", BYTES)
+    examples = tasks.generate("else_elif", 4, 0, 0, 64, False).train
+    tokens, last, target, other = tasks.encode(examples, bpe, n_ctx=3)
+    assert tokens.shape[1] <= 3 and (last <= 2).all()  # cut from the left
+    assert torch.equal(target, torch.tensor([bpe.encode(e.target)[0] for e in examples]))
+
+
+def test_a_bpe_job_logs_its_tokenizer_and_bits_per_byte(sweep, tmp_path):
+    result = sweep.run("data.tokenizer=bpe", "data.vocab_size=300", "tasks.names=[else_elif]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
+    tokenizer_file = sweep.client.download_artifacts(run.info.run_id, names.ARTIFACT_TOKENIZER, str(tmp_path))
+    saved = Tokenizer("bpe", __import__("tokenizers").Tokenizer.from_file(tokenizer_file))
+    assert run.data.tags[names.TAG_TOKENIZER_HASH] == saved.hash and saved.vocab_size == 300
+    metrics = run.data.metrics
+    assert metrics[names.CAPABILITY_BITS_PER_BYTE] < metrics[names.CAPABILITY_VAL_LOSS] / math.log(2)
+    assert metrics[names.CAPABILITY_BIGRAM_BPB] < metrics[names.CAPABILITY_BIGRAM] / math.log(2)
+    assert names.circuit_metric("else_elif", "cue_distance") in metrics
