@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sweep import launchers, lifecycle, names, search, tracking
 from sweep.data import load_corpus
@@ -90,9 +90,16 @@ class SweepCallback(Callback):
             sys.exit(EXIT_BAD_INPUT)
         mark_work_started()
         self.config, self._stopping = config, False
-        valid_cfg = next(cfg for (_, cfg), entry in zip(points, self.plan) if entry.action != INVALID)
-        # Build the corpus cache and the SQLite store here, once, before parallel jobs race for them.
-        load_corpus(valid_cfg.data, Path(valid_cfg.data.cache_dir))
+        # Build the corpus caches (and a BPE per tokenizer setting) and the SQLite store here, once,
+        # before parallel jobs race for them.
+        data_cfgs = {OmegaConf.to_yaml(cfg.data): cfg.data for (_, cfg), entry in zip(points, self.plan)
+                     if entry.action != INVALID}
+        for data_cfg in data_cfgs.values():
+            try:  # Hydra turns an exception here into a warning: bad input must stop the sweep itself
+                load_corpus(data_cfg, Path(data_cfg.cache_dir))
+            except ConfigError as e:
+                print(f"error: {e}; nothing was run or logged", file=sys.stderr)
+                sys.exit(EXIT_BAD_INPUT)
         for run_id in tracking.close_orphaned_runs(config.tracking):
             print(f"marked run {run_id} FAILED: its process was killed in an earlier sweep", file=sys.stderr)
         if not search.is_search(config):

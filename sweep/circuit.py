@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -68,19 +69,21 @@ def _column(name: str, n_layer: int) -> float:
     return int(layer) * len(NODE_LOCATIONS) + NODE_LOCATIONS.index(location)
 
 
-def _label(name: str) -> str:
-    """Short label: the channel within its column, or the byte itself for (un)embedding nodes."""
+def _label(name: str, token_text: Callable[[int], str]) -> str:
+    """Short label: the channel within its column, or the token itself for (un)embedding nodes."""
     kind, _, index = name.rstrip("]").partition("[")
     if kind in ("embed", "unembed"):
-        return repr(chr(int(index)))
+        return repr(token_text(int(index)))
     return f"{kind.split('.')[-1]}[{index}]"
 
 
 MAX_DRAWN_EDGES = 1500  # a dense model's circuit can have 10^5 edges: draw the strongest, say so
 
 
-def draw(path: Path, title: str, nodes: list[str], edges: list[Edge], n_layer: int) -> None:
-    """A layered drawing: node locations in columns by layer, edges blue (+) or red (-)."""
+def draw(path: Path, title: str, nodes: list[str], edges: list[Edge], n_layer: int,
+         token_text: Callable[[int], str] = chr) -> None:
+    """A layered drawing: node locations in columns by layer, edges blue (+) or red (-); (un)embedding
+    nodes labelled by `token_text` (bytes by default)."""
     total = len(edges)
     edges = sorted(edges, key=lambda e: -abs(e[2]))[:MAX_DRAWN_EDGES]
     import matplotlib
@@ -104,7 +107,7 @@ def draw(path: Path, title: str, nodes: list[str], edges: list[Edge], n_layer: i
         ax.plot([x0, x1], [y0, y1], color="#0072B2" if w > 0 else "#D55E00", alpha=0.3 + 0.7 * abs(w) / scale, lw=1)
     for name, (x, y) in where.items():
         ax.scatter([x], [y], s=18, color="black", zorder=3)
-        ax.annotate(_label(name), (x, y), fontsize=6,
+        ax.annotate(_label(name, token_text), (x, y), fontsize=6,
                     xytext=(3, 2), textcoords="offset points")
     last = n_layer * len(NODE_LOCATIONS)
     ticks = [(-2, "embed"), (-1, "resid\nread"), (last, "resid\nwritten"), (last + 1, "unembed")]

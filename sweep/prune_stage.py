@@ -127,7 +127,7 @@ def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metri
             write_json(Path(tmp) / f"{task_set.name}.json",
                        {"task": task_set.name, **values, "target_loss": p.target_loss, "ablation": p.ablation,
                         "method": p.method, "nodes": nodes, "edges": [list(e) for e in edges]})
-            draw(Path(tmp) / f"{task_set.name}.png", task_set.name, nodes, edges, model.shape.n_layer)
+            draw(Path(tmp) / f"{task_set.name}.png", task_set.name, nodes, edges, model.shape.n_layer, tokenizer.token_text)
         metrics.update({names.EDGES_GEOMEAN: _geomean(solved_edges), names.NODES_GEOMEAN: _geomean(solved_nodes),
                         names.TASKS_SOLVED_FRAC: len(solved_edges) / (len(task_list) - 1),
                         names.TIME_PRUNE: time.perf_counter() - start})

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 
-from sweep import names, tasks
+from sweep import names, tasks, tracking
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.data import run_tokenizer
 from sweep.job import build_model
 from sweep.reprune import DEFAULT_URI, load_training_run, open_store
+
+AXES = ("model.width_mult", "sparsity.density", "seed")
 
 
 def checkpoints(client, experiment: str):
@@ -38,22 +40,36 @@ def checkpoints(client, experiment: str):
             model.load_state_dict(torch.load(checkpoint, weights_only=True))
             models.append((cfg, model.eval(), run_tokenizer(cfg.data)))
     models.sort(key=lambda m: (m[0].model.width_mult, -m[0].sparsity.density, m[0].seed))
-    return [(f"w{c.model.width_mult}d{c.sparsity.density:g}s{c.seed}", m, c, t) for c, m, t in models]
+    differing = _differing_settings([c for c, _, _ in models])
+    return [(f"w{c.model.width_mult}d{c.sparsity.density:g}s{c.seed}" + "".join(f" {k}" for k in differing(c)), m, c, t)
+            for c, m, t in models]
+
+
+def _differing_settings(configs: list):
+    """Settings other than width, density and seed whose values differ between the checkpoints:
+    `key=value` for one config, so that columns of the same point stay apart."""
+    flat = [{k: v for k, v in tracking.flatten(c).items()
+             if not k.startswith(("tracking.", "prune.", "tasks.", "hydra.")) and k not in AXES} for c in configs]
+    keys = sorted({k for f in flat for k, v in f.items() if any(g.get(k) != v for g in flat)})
+    return lambda cfg: [f"{k.rsplit('.', 1)[-1]}={tracking.flatten(cfg).get(k)}" for k in keys]
 
 
 @torch.no_grad()
 def table(columns, task_names: list[str], n_heldout: int = 64, seed: int = 0) -> str:
-    """Markdown: one row per task, its cue distance (median, range, in tokens of the first column's
-    tokenizer; 0: the last token decides, no attention needed), then one column per checkpoint:
-    held-out task loss (chance ln 2)."""
-    lines = ["| task | cue distance | " + " | ".join(column[0] for column in columns) + " |",
-             "|---" * (len(columns) + 2) + "|"]
+    """Markdown: one row per task, its cue distance under each tokenizer of the checkpoints (median,
+    range, in tokens; 0: the last token decides, no attention needed), then one column per
+    checkpoint: held-out task loss (chance ln 2)."""
+    tokenizers = {t.hash: (t, cfg) for _, _, cfg, t in columns}
+    headers = [f"cue distance ({t.name}{'' if t.name == 'bytes' else f' {t.vocab_size}'})" for t, _ in tokenizers.values()]
+    lines = ["| task | " + " | ".join(headers + [column[0] for column in columns]) + " |",
+             "|---" * (len(columns) + len(headers) + 1) + "|"]
     for name in task_names:
-        _, _, cfg, tokenizer = columns[0]
-        distances = tasks.pair_cue_distances(tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble),
-                                             tokenizer)
-        median = statistics.median(distances)
-        cells = [f"{median:g} ({min(distances)}-{max(distances)})" + (" last token" if max(distances) == 0 else "")]
+        cells = []
+        for tokenizer, cfg in tokenizers.values():
+            pairs = tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble)
+            distances = tasks.pair_cue_distances(pairs, tokenizer)
+            cells.append(f"{statistics.median(distances):g} ({min(distances)}-{max(distances)})"
+                         + (" last token" if max(distances) == 0 else ""))
         for _, model, cfg, tokenizer in columns:
             held_out = tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble).heldout
             batch = tasks.encode(held_out, tokenizer, cfg.model.n_ctx)

@@ -33,6 +33,8 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["prune.temperature=[1.0]"], "prune.temperature", "[start, end]"),
     (["tasks.preamble=sometimes"], "tasks.preamble", "allowed: true, false"),
     (["model.pos_emb=rotary"], "model.pos_emb", "allowed: learned, none"),
+    (["data.tokenizer=sentencepiece"], "data.tokenizer", "allowed: bytes, bpe"),
+    (["data.tokenizer=bpe", "data.vocab_size=100"], "data.vocab_size", ">= 257"),
     (["model.bigram_table=maybe"], "model.bigram_table", "allowed: true, false"),
     (["model.n_ctx=16"], "tasks.names", "needed"),  # the quick tasks' prompts cannot fit
 ]

@@ -126,7 +126,7 @@ def test_task_loss_table_of_an_experiment(trained):
     result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     header, _, *rows = result.stdout.strip().splitlines()
-    assert header == "| task | cue distance | w1d0.5s0 |"
+    assert header == "| task | cue distance (bytes) | w1d0.5s0 |"
     assert [row.split("|")[1].strip() for row in rows] == ["else_elif", "lambda_func"]
     assert [row.split("|")[2].strip() for row in rows] == ["0 (0-0) last token", "1 (1-1)"]
     assert all(0 < float(row.split("|")[3]) < 20 for row in rows)

@@ -88,3 +88,11 @@ def test_a_bpe_job_logs_its_tokenizer_and_bits_per_byte(sweep, tmp_path):
     assert metrics[names.CAPABILITY_BITS_PER_BYTE] < metrics[names.CAPABILITY_VAL_LOSS] / math.log(2)
     assert metrics[names.CAPABILITY_BIGRAM_BPB] < metrics[names.CAPABILITY_BIGRAM] / math.log(2)
     assert names.circuit_metric("else_elif", "cue_distance") in metrics
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
+def test_a_vocabulary_beyond_the_corpus_stops_before_any_run(sweep, multirun):
+    result = sweep.run("data.tokenizer=bpe", "data.vocab_size=1000000", multirun=multirun)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "data.vocab_size" in result.stderr and "at most" in result.stderr and "Traceback" not in result.stderr
+    assert not sweep.runs()
