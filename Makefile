@@ -60,8 +60,9 @@ task-losses: $(INSTALLED) ## full-model loss of every task on every checkpoint o
 bench: $(INSTALLED) ## measure where a job's time goes (sparse/dense step, MFU, prune/train, logging, memory): bench/results.md
 	$(BIN)/python -m bench $(ARGS)
 
-test: $(INSTALLED) ## run the tests, one worker per core (about 10 minutes on 2 cores; TEST_WORKERS=0 runs them in one process)
-	$(BIN)/python -m pytest -q -n $(or $(TEST_WORKERS),auto) $(ARGS)
+test: $(INSTALLED) ## run the tests, one worker per core, then the signal tests alone (about 10 minutes on 2 cores)
+	$(BIN)/python -m pytest -q -n $(or $(TEST_WORKERS),auto) -m "not slow and not slurm and not postgres and not serial" $(ARGS)
+	$(BIN)/python -m pytest -q -m serial $(ARGS)
 
 test-slow: $(INSTALLED) ## run the long checks marked slow
 	$(BIN)/python -m pytest -q -m slow $(ARGS)

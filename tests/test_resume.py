@@ -65,6 +65,7 @@ def test_a_killed_sweep_resumes_with_only_the_missing_points(sweep, n_jobs):
     assert not [r for r in sweep.runs() if r.info.status == "RUNNING"]
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, id="ctrl-c"), pytest.param(signal.SIGTERM, id="docker-stop")])
 def test_a_signal_to_the_whole_process_group_leaves_no_run_running(sweep, signum):
     """Ctrl-C in a terminal, and `docker stop` through an init that signals the group (docker/compose.yaml),

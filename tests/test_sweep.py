@@ -115,6 +115,7 @@ def running_runs(db) -> int:
         return 0
 
 
+@pytest.mark.serial
 def test_killed_job_ends_failed_not_running(sweep):
     """SIGTERM mid-training: the run is closed FAILED with the reason, never left RUNNING."""
     cmd = [sys.executable, "-m", "sweep", *sweep.args("train.steps=100000")]
