@@ -28,7 +28,9 @@ def task_names(tasks_cfg: DictConfig) -> list[str]:
     if template_dir.is_dir():
         for path in sorted(template_dir.glob("*.yaml")):
             tasks.load_yaml_task(path)
-    if tasks_cfg.names:
+    if tasks_cfg.names is not None:
+        if not tasks_cfg.names:
+            raise ConfigError("tasks.names", "[]", "name at least one task, or leave it null for the suite in tasks.suite")
         return list(tasks_cfg.names)
     if tasks_cfg.suite not in tasks.SUITES:
         raise ConfigError("tasks.suite", tasks_cfg.suite, f"allowed: {', '.join(tasks.SUITES)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -23,8 +24,8 @@ def _number(cfg: DictConfig, key: str, low: float, high: float | None = None,
     value = _get(cfg, key)
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
     rule = f"must be a number in {lo}{low}, {'inf' if high is None else high}{hi}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(key, value, rule)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ConfigError(key, value, rule)  # NaN compares false with every bound: refused here
     if value < low or (low_open and value == low) or (high is not None and (value > high or (high_open and value == high))):
         raise ConfigError(key, value, rule)
     OmegaConf.update(cfg, key, float(value))  # `density=1` and `density=1.0` are one point
