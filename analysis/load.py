@@ -129,7 +129,6 @@ def select_runs(client: MlflowClient, experiment: str, parent: str | None = None
     finished = [r for r, o in zip(runs, outcomes) if o == "finished"]
     if not finished:
         raise AnalysisError(f"no finished {stage} job runs in {where} ({_count(outcomes)})")
-
     if len(finished) < len(runs):
         notes.append(f"left out: {_count([o for o in outcomes if o != 'finished'])}")
     kept, seen = [], set()

@@ -68,8 +68,13 @@ def check_server(config: DictConfig) -> None:
     try:
         tracking.check_server(config.tracking.uri)
     except ConfigError as e:
-        print(f"error: {e}; nothing was run or logged", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        _stop_on_bad_input(e)
+
+
+def _stop_on_bad_input(error: ConfigError) -> None:
+    """Exit 2 with one line. Hydra turns an exception in a callback into a warning and runs on."""
+    print(f"error: {error}; nothing was run or logged", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
 
 
 class SweepCallback(Callback):
@@ -95,11 +100,10 @@ class SweepCallback(Callback):
         data_cfgs = {OmegaConf.to_yaml(cfg.data): cfg.data for (_, cfg), entry in zip(points, self.plan)
                      if entry.action != INVALID}
         for data_cfg in data_cfgs.values():
-            try:  # Hydra turns an exception here into a warning: bad input must stop the sweep itself
+            try:
                 load_corpus(data_cfg, Path(data_cfg.cache_dir))
             except ConfigError as e:
-                print(f"error: {e}; nothing was run or logged", file=sys.stderr)
-                sys.exit(EXIT_BAD_INPUT)
+                _stop_on_bad_input(e)
         for run_id in tracking.close_orphaned_runs(config.tracking):
             print(f"marked run {run_id} FAILED: its process was killed in an earlier sweep", file=sys.stderr)
         if not search.is_search(config):

@@ -8,6 +8,7 @@ run; a run whose new config hash already has a finished run is skipped, so a re-
 
 from __future__ import annotations
 
+import functools
 import sys
 import tempfile
 import time
@@ -67,6 +68,7 @@ def check_overrides(overrides: list[str]) -> None:
             raise ConfigError("override", override, "a re-prune changes only prune.*, tasks.* or tracking.* (key=value)")
 
 
+@functools.cache
 def current_defaults() -> DictConfig:
     """The prune and tasks settings a job would get today (conf/ as composed by `python -m sweep`)."""
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):

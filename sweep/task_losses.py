@@ -41,17 +41,17 @@ def checkpoints(client, experiment: str):
             models.append((cfg, model.eval(), run_tokenizer(cfg.data)))
     models.sort(key=lambda m: (m[0].model.width_mult, -m[0].sparsity.density, m[0].seed))
     differing = _differing_settings([c for c, _, _ in models])
-    return [(f"w{c.model.width_mult}d{c.sparsity.density:g}s{c.seed}" + "".join(f" {k}" for k in differing(c)), m, c, t)
-            for c, m, t in models]
+    return [(f"w{c.model.width_mult}d{c.sparsity.density:g}s{c.seed}{extra}", m, c, t)
+            for (c, m, t), extra in zip(models, differing)]
 
 
-def _differing_settings(configs: list):
-    """Settings other than width, density and seed whose values differ between the checkpoints:
-    `key=value` for one config, so that columns of the same point stay apart."""
+def _differing_settings(configs: list) -> list[str]:
+    """Per config, ` key=value` for each setting other than width, density and seed whose values differ
+    between the checkpoints, so that columns of the same point stay apart."""
     flat = [{k: v for k, v in tracking.flatten(c).items()
              if not k.startswith(("tracking.", "prune.", "tasks.", "hydra.")) and k not in AXES} for c in configs]
     keys = sorted({k for f in flat for k, v in f.items() if any(g.get(k) != v for g in flat)})
-    return lambda cfg: [f"{k.rsplit('.', 1)[-1]}={tracking.flatten(cfg).get(k)}" for k in keys]
+    return ["".join(f" {k.rsplit('.', 1)[-1]}={f.get(k)}" for k in keys) for f in flat]
 
 
 @torch.no_grad()
