@@ -44,9 +44,20 @@ def vocab_size(data_cfg) -> int:
     return N_BYTES if data_cfg.tokenizer == "bytes" else int(data_cfg.vocab_size)
 
 
-def source_dir(source: str) -> Path:
-    """`stdlib` means the running interpreter's standard library; anything else is a directory."""
-    return Path(sysconfig.get_paths()["stdlib"]) if source == "stdlib" else Path(source).expanduser()
+SITE_PACKAGES = "site-packages"  # the standard library and every .py of the environment's site-packages
+
+
+def source_roots(source: str) -> dict[str, Path]:
+    """The directories a source reads, by the prefix their files' names get (none for a single root):
+    `stdlib` is the running interpreter's standard library, `site-packages` that library and the
+    environment's site-packages, anything else a directory."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    if source == "stdlib":
+        return {"": stdlib}
+    if source == SITE_PACKAGES:
+        packages = {Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}
+        return {"stdlib/": stdlib} | {f"site-packages{i or ''}/": p for i, p in enumerate(sorted(packages))}
+    return {"": Path(source).expanduser()}
 
 
 def find_sources(root: Path) -> list[str]:
@@ -59,13 +70,29 @@ def find_sources(root: Path) -> list[str]:
     return sorted(found)
 
 
+def read_sources(source: str) -> dict[str, bytes]:
+    """Every `.py` file of a source by its name, in name order. Under `site-packages` a file whose
+    content an earlier one already has is left out (packages vendor the same modules many times);
+    the single-directory sources are read whole, so their corpus hashes stay those of earlier runs."""
+    files, seen = {}, set()
+    for prefix, root in source_roots(source).items():
+        for rel in find_sources(root):
+            content = (root / rel).read_bytes()
+            digest = hashlib.sha256(content).digest()
+            if source != SITE_PACKAGES or digest not in seen:
+                seen.add(digest)
+                files[prefix + rel] = content
+    return files
+
+
 def check_source(source: str) -> None:
     """Fail with a clear message if the corpus directory is missing or holds no `.py` files."""
-    root = source_dir(source)
-    if not root.is_dir():
-        raise ConfigError("data.source", source, "must be 'stdlib' or an existing directory of .py files")
-    if not find_sources(root):
-        raise ConfigError("data.source", source, f"directory {root} holds no .py files")
+    allowed = f"must be 'stdlib', '{SITE_PACKAGES}' or an existing directory of .py files"
+    for root in source_roots(source).values():
+        if not root.is_dir():
+            raise ConfigError("data.source", source, allowed)
+        if not find_sources(root):
+            raise ConfigError("data.source", source, f"directory {root} holds no .py files")
 
 
 def is_validation(rel_path: str, split_seed: int, val_frac: float) -> bool:
@@ -94,19 +121,17 @@ def _cache_path(cache_dir: Path, corpus_hash: str, data_cfg, tokenizer: Tokenize
 
 def load_corpus(data_cfg, cache_dir: Path) -> Corpus:
     """Read, hash and split the corpus; reuse the tokenized split cached under its hash."""
-    root = source_dir(data_cfg.source)
-    rel_paths = find_sources(root)
-    contents = [(root / rel).read_bytes() for rel in rel_paths]
+    files = read_sources(data_cfg.source)
     h = hashlib.sha256()
-    for rel, content in zip(rel_paths, contents):
+    for rel, content in files.items():
         h.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
     corpus_hash = h.hexdigest()[:16]
 
     parts: dict[bool, list[bytes]] = {False: [], True: []}
-    for rel, content in zip(rel_paths, contents):
+    for rel, content in files.items():
         parts[is_validation(rel, data_cfg.split_seed, data_cfg.val_frac)].append(content)
     if not parts[True] or not parts[False]:
-        raise ConfigError("data.val_frac", data_cfg.val_frac, f"leaves an empty split of the {len(rel_paths)} files")
+        raise ConfigError("data.val_frac", data_cfg.val_frac, f"leaves an empty split of the {len(files)} files")
     train_text, val_text = (FILE_SEPARATOR.join(parts[split]) for split in (False, True))
     tokenizer = load_or_train(data_cfg, Path(cache_dir), corpus_hash, lambda: train_text.decode(errors="replace"))
     if tokenizer.vocab_size != vocab_size(data_cfg):
@@ -119,7 +144,7 @@ def load_corpus(data_cfg, cache_dir: Path) -> Corpus:
         val_bytes = int(stored["val_bytes"]) if "val_bytes" in stored else len(stored["val"])  # caches of bytes before BPE
         return Corpus(_indexable(stored["train"]), _indexable(stored["val"]), corpus_hash, float(stored["unigram"]),
                       float(stored["bigram"]), val_bytes, tokenizer)
-    train, val = (_tokens(text, tokenizer) for text in (train_text, val_text))
+    train, val = (tokenizer.encode_corpus(text) for text in (train_text, val_text))
     unigram, bigram = reference_losses(val, tokenizer.vocab_size)
 
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -138,12 +163,6 @@ def run_tokenizer(data_cfg) -> Tokenizer:
 def _indexable(tokens: np.ndarray) -> np.ndarray:
     """uint16 (a BPE's ids, as stored) is not a dtype torch indexes: int32 in memory."""
     return tokens.astype(np.int32) if tokens.dtype == np.uint16 else tokens
-
-
-def _tokens(text: bytes, tokenizer: Tokenizer) -> np.ndarray:
-    if tokenizer is BYTES:
-        return np.frombuffer(bytearray(text), dtype=np.uint8)
-    return np.array(tokenizer.encode(text.decode(errors="replace")), dtype=np.uint16)
 
 
 def sample_batch(tokens: torch.Tensor, batch_size: int, n_ctx: int, generator: torch.Generator):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import tempfile
@@ -23,6 +24,9 @@ from sweep.tokenizer import BYTES
 from sweep.tracking import JobRun
 from sweep.train import train
 from sweep.validate import validate
+
+log = logging.getLogger(__name__)
+EPOCHS_WARNING = 4  # more passes than this over the training split: a job says it may be memorising it
 
 
 @dataclass
@@ -64,6 +68,18 @@ def ignore_sigint_in_worker() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def train_epochs(cfg: DictConfig, train_tokens: int) -> float:
+    """Passes over the training split that the job's steps read; said in the log, with a warning above a few."""
+    epochs = cfg.train.steps * cfg.train.batch_size * cfg.model.n_ctx / train_tokens
+    message = f"trains {epochs:.2f} epochs of its training split ({train_tokens:,} tokens of data.source={cfg.data.source})"
+    if epochs > EPOCHS_WARNING:
+        log.warning(f"{message}: above {EPOCHS_WARNING}, it may learn the split by heart; "
+                    "data.source=site-packages has far more code")
+    else:
+        log.info(message)
+    return epochs
+
+
 def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar_position: int = 0) -> JobOutcome:
     """Train one weight-sparse model and log it; raises ConfigError before any run exists."""
     validate(cfg)
@@ -77,7 +93,9 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
 
     exit_on_sigterm()
     tags = {names.TAG_CORPUS_HASH: corpus.corpus_hash, names.TAG_TOKENIZER_HASH: corpus.tokenizer.hash}
+    epochs = train_epochs(cfg, len(corpus.train))
     with lifecycle.job_running(), JobRun(cfg, label, parent_run_id, tags) as run:
+        run.log_metrics({names.DATA_TRAIN_EPOCHS: epochs})
         model = build_model(cfg).to(device)
         sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(),
                                       cfg.sparsity.density, cfg.model.width_mult, cfg.sparsity)

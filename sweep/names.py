@@ -49,6 +49,7 @@ CAPABILITY_UNIGRAM = "capability/unigram_loss"
 CAPABILITY_BIGRAM = "capability/bigram_loss"
 CAPABILITY_UNIGRAM_BPB = "capability/unigram_bits_per_byte"  # the reference losses per byte of validation text
 CAPABILITY_BIGRAM_BPB = "capability/bigram_bits_per_byte"
+DATA_TRAIN_EPOCHS = "data/train_epochs"  # passes over the training split: steps x batch x n_ctx / its tokens
 MODEL_TOTAL_PARAMS = "model/total_params"
 MODEL_NONZERO_PARAMS = "model/nonzero_params"
 TIME_TRAIN = "time/train_s"

@@ -10,13 +10,32 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 TOKENIZERS = ("bytes", "bpe")
 N_BYTES = 256
 # words with one leading space | punctuation runs with the newlines after them | whitespace runs
 PRE_TOKEN_PATTERN = r" ?[A-Za-z_0-9]+| ?[^\sA-Za-z_0-9]+[\r\n]*|\s+"
+# A newline before a letter always ends a pre-token (the whitespace or punctuation run holding the
+# newline stops at the letter, and no pre-token starts with a newline then a word): long text is cut
+# there and trained or encoded in pieces, with the same result as whole and a fraction of the memory.
+SAFE_CUT = re.compile(r"\n(?=[A-Za-z_])")
+CHUNK_CHARS = 1 << 20
+
+
+def text_chunks(text: str, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
+    """`text` in pieces of about `chunk_chars`, cut only where a pre-token ends."""
+    start = 0
+    while start < len(text):
+        cut = SAFE_CUT.search(text, start + chunk_chars)
+        end = cut.end() if cut else len(text)
+        yield text[start:end]
+        start = end
 
 
 class Tokenizer:
@@ -29,6 +48,13 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode()) if self._bpe is None else self._bpe.encode(text).ids
+
+    def encode_corpus(self, text: bytes, chunk_chars: int = CHUNK_CHARS) -> np.ndarray:
+        """A whole split's token stream: uint8 bytes, or a BPE's ids as uint16 (encoded in pieces, in parallel)."""
+        if self._bpe is None:
+            return np.frombuffer(bytearray(text), dtype=np.uint8)
+        pieces = self._bpe.encode_batch(list(text_chunks(text.decode(errors="replace"), chunk_chars)))
+        return np.concatenate([np.array(p.ids, dtype=np.uint16) for p in pieces] or [np.zeros(0, np.uint16)])
 
     def decode(self, ids: list[int]) -> str:
         return bytes(ids).decode(errors="replace") if self._bpe is None else self._bpe.decode(ids)
@@ -54,7 +80,7 @@ class Tokenizer:
 BYTES = Tokenizer("bytes")
 
 
-def train_bpe(text: str, vocab_size: int):
+def train_bpe(text: str, vocab_size: int, chunk_chars: int = CHUNK_CHARS):
     """A byte-level BPE of `vocab_size` tokens (the 256 bytes and the merges) trained on `text`."""
     from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as HFTokenizer
@@ -67,7 +93,7 @@ def train_bpe(text: str, vocab_size: int):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False, special_tokens=[])
-    bpe.train_from_iterator([text], trainer=trainer)
+    bpe.train_from_iterator(text_chunks(text, chunk_chars), trainer=trainer)
     return bpe
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from sweep.data import find_sources, is_validation, load_corpus, reference_losses
+from sweep.data import find_sources, is_validation, load_corpus, read_sources, reference_losses
 
 from conftest import SMALL_CORPUS
 
@@ -41,6 +41,16 @@ def test_tests_and_site_packages_are_excluded(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("pass\n")
     assert find_sources(tmp_path) == ["a.py", "pkg/b.py"]
+
+
+def test_site_packages_adds_the_environment_deduplicated_by_content():
+    stdlib, everything = read_sources("stdlib"), read_sources("site-packages")
+    assert set(stdlib.values()) <= set(everything.values())  # the standard library is all in
+    names_here = set(everything)
+    assert "site-packages/omegaconf/__init__.py" in names_here and "stdlib/json/__init__.py" in names_here
+    assert len(set(everything.values())) == len(everything)  # no content twice
+    assert sum(map(len, everything.values())) > 5 * sum(map(len, stdlib.values()))
+    assert not any("/tests/" in name or "/test/" in name for name in names_here)
 
 
 def test_reference_losses_of_known_streams():

@@ -12,7 +12,7 @@ from sweep import names, tasks
 from sweep.data import eval_windows, load_corpus
 from sweep.errors import ConfigError
 from sweep.model import GPT, ModelShape
-from sweep.tokenizer import BYTES, Tokenizer, bpe_cache_path, train_bpe
+from sweep.tokenizer import BYTES, Tokenizer, bpe_cache_path, text_chunks, train_bpe
 from tests.conftest import SMALL_CORPUS
 
 SOURCE = (SMALL_CORPUS / "utils.py").read_text()
@@ -32,6 +32,17 @@ def test_training_is_deterministic_and_keeps_punctuation_with_its_newlines():
     pieces = [bpe.token_text(t) for t in bpe.encode("    if x:\n        pass\n")]
     assert ":\n" in pieces  # a colon and its newline are one pre-token, and common enough to merge
     assert sum(bpe.token_bytes()[t] for t in bpe.encode(SOURCE)) == len(SOURCE.encode())
+
+
+def test_long_text_cut_into_pieces_trains_and_encodes_as_a_whole():
+    text = "\n\n".join(p.read_text() for p in sorted(SMALL_CORPUS.glob("*.py")))
+    pieces = list(text_chunks(text, 500))
+    assert len(pieces) > 5 and "".join(pieces) == text
+    assert all(piece[0].isalpha() or piece[0] == "_" for piece in pieces[1:])  # cut before a word at a line start
+    whole, cut = train_bpe(text, 400, chunk_chars=len(text)), train_bpe(text, 400, chunk_chars=500)
+    assert whole.to_str() == cut.to_str()
+    bpe = Tokenizer("bpe", whole)
+    assert bpe.encode_corpus(text.encode(), chunk_chars=500).tolist() == bpe.encode(text)
 
 
 def test_a_second_job_reuses_the_cached_bpe(tmp_path):
@@ -88,6 +99,10 @@ def test_a_bpe_job_logs_its_tokenizer_and_bits_per_byte(sweep, tmp_path):
     assert metrics[names.CAPABILITY_BITS_PER_BYTE] < metrics[names.CAPABILITY_VAL_LOSS] / math.log(2)
     assert metrics[names.CAPABILITY_BIGRAM_BPB] < metrics[names.CAPABILITY_BIGRAM] / math.log(2)
     assert names.circuit_metric("else_elif", "cue_distance") in metrics
+    p = run.data.params
+    corpus = load_corpus(data_cfg(sweep.tmp / "cache", vocab_size=300), sweep.tmp / "cache")  # the job's, from its cache
+    assert metrics[names.DATA_TRAIN_EPOCHS] == pytest.approx(
+        int(p["train.steps"]) * int(p["train.batch_size"]) * int(p["model.n_ctx"]) / len(corpus.train))
 
 
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
