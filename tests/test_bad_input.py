@@ -76,15 +76,16 @@ def test_cuda_requested_without_a_gpu(sweep):
     assert not sweep.db.exists()
 
 
-@pytest.mark.parametrize("body,problem", [
-    ("a: {template: 'x = {v}', target: ':'}\nb: {template: 'y = {v}', target: ';'}\n", "no values"),
-    ("slots: {v: [1]}\na: {template: 'x {v}', target: '::'}\nb: {template: 'y {v}', target: ';'}\n", "single byte"),
+@pytest.mark.parametrize("body,key,problem", [
+    ("a: {template: 'x = {v}', target: ':'}\nb: {template: 'y = {v}', target: ';'}\n", "tasks.yaml", "no values"),
+    ("slots: {v: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}\na: {template: 'x {v}', target: '::'}\nb: {template: 'y {v}', target: ';'}\n", "mine",
+     "2 tokens under the bytes tokenizer"),
 ])
-def test_malformed_yaml_task(sweep, tmp_path, body, problem):
+def test_malformed_yaml_task(sweep, tmp_path, body, key, problem):
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "mine.yaml").write_text(body)
     result = sweep.run(f"tasks.template_dir={tmp_path / 'templates'}", "tasks.names=[mine]")
-    assert result.returncode == 2 and "tasks.yaml" in result.stderr and problem in result.stderr
+    assert result.returncode == 2 and key in result.stderr and problem in result.stderr
     assert "Traceback" not in result.stderr and not sweep.db.exists()
 
 

@@ -46,7 +46,7 @@ def test_paper_grid_is_the_recipe():
     assert set(points) == {(w, d, 0) for w, d in nonzero_axis} | {(w, 1.0, 0) for w in (1, 2, 4)}  # + dense baselines
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=paper"])
-    assert (cfg.data.tokenizer, cfg.data.vocab_size, cfg.model.n_ctx) == ("bpe", 2048, 256)
+    assert (cfg.data.source, cfg.data.tokenizer, cfg.data.vocab_size, cfg.model.n_ctx) == ("site-packages", "bpe", 2048, 256)
     assert (cfg.model.n_layer, cfg.model.base_width, cfg.model.mlp_ratio, cfg.model.d_head) == (8, 256, 4, 16)
     assert cfg.model.bigram_table and cfg.model.pos_emb == "none" and cfg.model.act_topk_frac == 0.25
     assert cfg.sparsity.min_per_neuron == 4 and cfg.tasks.suite == "paper" and cfg.prune.target_loss == 0.15

@@ -106,7 +106,7 @@ def test_yaml_task(tmp_path):
     ("a: {template: 'x = {v}', target: ':'}\nb: {template: 'y = {v}', target: ';'}\n", "slot {v}"),
     ("slots: {v: [1]}\na: {template: '', target: ':'}\nb: {template: 'y', target: ';'}\n", "empty"),
     ("slots: {v: [1]}\na: {template: 'x', target: ':'}\n", "needs a:"),
-    ("slots: {v: [1]}\na: {template: 'x', target: 'ab'}\nb: {template: 'y', target: ';'}\n", "single byte"),
+    ("slots: {v: [1]}\na: {template: 'x', target: ''}\nb: {template: 'y', target: ';'}\n", "target is empty"),
 ])
 def test_malformed_yaml_task(tmp_path, body, problem):
     path = tmp_path / "bad.yaml"

@@ -105,6 +105,20 @@ def test_a_bpe_job_logs_its_tokenizer_and_bits_per_byte(sweep, tmp_path):
         int(p["train.steps"]) * int(p["train.batch_size"]) * int(p["model.n_ctx"]) / len(corpus.train))
 
 
+def test_a_yaml_task_may_answer_with_a_word_that_is_one_bpe_token(tmp_path):
+    bpe = Tokenizer("bpe", train_bpe(SOURCE * 3, 600))
+    word, other = [w for w in (" return", " self", " def", " if", " in", " not") if len(bpe.encode(w)) == 1][:2]
+    (tmp_path / "word.yaml").write_text(
+        f"slots: {{v: [a, b, c, d, e, f]}}\na: {{template: 'x = {{v}}', target: '{word}'}}\nb: {{template: 'y = {{v}}', target: '{other}'}}\n")
+    name = tasks.load_yaml_task(tmp_path / "word.yaml")
+    try:
+        tasks.check_task(name, 64, 0, 2, 2, with_preamble=False, tokenizer=bpe)
+        with pytest.raises(ConfigError, match="word.*tokens under the bytes tokenizer"):
+            tasks.check_task(name, 64, 0, 2, 2, with_preamble=False, tokenizer=BYTES)
+    finally:
+        tasks.TASKS.pop(name, None)
+
+
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
 def test_a_vocabulary_beyond_the_corpus_stops_before_any_run(sweep, multirun):
     result = sweep.run("data.tokenizer=bpe", "data.vocab_size=1000000", multirun=multirun)
