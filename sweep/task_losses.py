@@ -1,7 +1,9 @@
 """`python -m sweep.task_losses [--experiment NAME] [--tracking-uri URI] [--tasks a,b]`: the task table.
 
-Full-model held-out loss of every task on every finished training checkpoint of an experiment, as a
-markdown table (rows: tasks; columns: width / density / seed): the measurement that calibrates the
+Full-model held-out loss of every task on every finished training checkpoint of an experiment, as
+markdown: a summary (per checkpoint, the tasks below 0.3 and 0.15, and how many of them need
+evidence at least two tokens back), then the table (rows: tasks with their cue distances; columns:
+width / density / seed and any other setting that differs): the measurement that calibrates the
 quick suite (README). Reads the checkpoints MLflow stores; trains nothing.
 """
 
@@ -55,26 +57,49 @@ def _differing_settings(configs: list) -> list[str]:
 
 
 @torch.no_grad()
-def table(columns, task_names: list[str], n_heldout: int = 64, seed: int = 0) -> str:
+def measure(columns, task_names: list[str], n_heldout: int = 64, seed: int = 0):
+    """Per task: its cue distances under each tokenizer of the checkpoints ({tokenizer hash: distances
+    of its pairs, in tokens}) and the held-out loss of each checkpoint ({column label: loss})."""
+    tokenizers = {t.hash: (t, cfg) for _, _, cfg, t in columns}
+    cues, losses = {}, {}
+    for name in task_names:
+        cues[name] = {h: tasks.pair_cue_distances(tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx,
+                                                                 cfg.tasks.preamble), tokenizer)
+                      for h, (tokenizer, cfg) in tokenizers.items()}
+        losses[name] = {}
+        for label, model, cfg, tokenizer in columns:
+            held_out = tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble).heldout
+            losses[name][label] = tasks.task_loss(model, tasks.encode(held_out, tokenizer, cfg.model.n_ctx)).item()
+    return cues, losses
+
+
+def table(columns, cues: dict, losses: dict) -> str:
     """Markdown: one row per task, its cue distance under each tokenizer of the checkpoints (median,
     range, in tokens; 0: the last token decides, no attention needed), then one column per
     checkpoint: held-out task loss (chance ln 2)."""
-    tokenizers = {t.hash: (t, cfg) for _, _, cfg, t in columns}
-    headers = [f"cue distance ({t.name}{'' if t.name == 'bytes' else f' {t.vocab_size}'})" for t, _ in tokenizers.values()]
+    tokenizers = {t.hash: t for _, _, _, t in columns}
+    headers = [f"cue distance ({t.name}{'' if t.name == 'bytes' else f' {t.vocab_size}'})" for t in tokenizers.values()]
     lines = ["| task | " + " | ".join(headers + [column[0] for column in columns]) + " |",
              "|---" * (len(columns) + len(headers) + 1) + "|"]
-    for name in task_names:
-        cells = []
-        for tokenizer, cfg in tokenizers.values():
-            pairs = tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble)
-            distances = tasks.pair_cue_distances(pairs, tokenizer)
-            cells.append(f"{statistics.median(distances):g} ({min(distances)}-{max(distances)})"
-                         + (" last token" if max(distances) == 0 else ""))
-        for _, model, cfg, tokenizer in columns:
-            held_out = tasks.generate(name, 0, n_heldout, seed, cfg.model.n_ctx, cfg.tasks.preamble).heldout
-            batch = tasks.encode(held_out, tokenizer, cfg.model.n_ctx)
-            cells.append(f"{tasks.task_loss(model, batch).item():.3f}")
+    for name in losses:
+        cells = [f"{statistics.median(d):g} ({min(d)}-{max(d)})" + (" last token" if max(d) == 0 else "")
+                 for d in (cues[name][h] for h in tokenizers)]
+        cells += [f"{losses[name][label]:.3f}" for label, *_ in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary(columns, cues: dict, losses: dict, targets=(0.3, 0.15), far: int = 2) -> str:
+    """Markdown: per checkpoint, how many tasks it brings below each target, and how many of those
+    below the first target have their evidence at least `far` tokens back (median cue distance in the
+    checkpoint's own tokens): the tasks that need attention."""
+    lines = [f"| checkpoint | {' | '.join(f'tasks < {t:g}' for t in targets)} | of them cue >= {far} tokens "
+             f"(< {targets[0]:g}) | which (< {targets[0]:g}) |", "|---" * (len(targets) + 3) + "|"]
+    for label, _, _, tokenizer in columns:
+        below = [[name for name in losses if losses[name][label] < t] for t in targets]
+        far_ones = [name for name in below[0] if statistics.median(cues[name][tokenizer.hash]) >= far]
+        which = ", ".join(f"{name} ({losses[name][label]:.2f})" for name in below[0])
+        lines.append(f"| {label} | {' | '.join(str(len(b)) for b in below)} | {len(far_ones)} | {which} |")
     return "\n".join(lines)
 
 
@@ -95,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     if not columns:
         print(f"error: experiment '{args.experiment}' has no finished training run with a checkpoint", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    print(table(columns, task_names))
+    cues, losses = measure(columns, task_names)
+    print(summary(columns, cues, losses), table(columns, cues, losses), sep="\n\n")
 
 
 if __name__ == "__main__":

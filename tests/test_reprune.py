@@ -125,11 +125,16 @@ def test_task_loss_table_of_an_experiment(trained):
     cmd = [sys.executable, "-m", "sweep.task_losses", "--tracking-uri", sweep.uri, "--tasks", "else_elif,lambda_func"]
     result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    header, _, *rows = result.stdout.strip().splitlines()
+    summary, table = result.stdout.strip().split("\n\n")
+    header, _, *rows = table.splitlines()
     assert header == "| task | cue distance (bytes) | w1d0.5s0 |"
     assert [row.split("|")[1].strip() for row in rows] == ["else_elif", "lambda_func"]
     assert [row.split("|")[2].strip() for row in rows] == ["0 (0-0) last token", "1 (1-1)"]
-    assert all(0 < float(row.split("|")[3]) < 20 for row in rows)
+    losses = [float(row.split("|")[3]) for row in rows]
+    assert all(0 < loss < 20 for loss in losses)
+    (counts,) = summary.splitlines()[2:]  # one checkpoint: its tasks below 0.3 and 0.15; none has its cue 2 back
+    assert [c.strip() for c in counts.split("|")[1:5]] == [
+        "w1d0.5s0", str(sum(loss < 0.3 for loss in losses)), str(sum(loss < 0.15 for loss in losses)), "0"]
     missing = subprocess.run([*cmd[:3], "--experiment", "nope", *cmd[3:]], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode == 2 and "--experiment='nope'" in missing.stderr
