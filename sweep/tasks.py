@@ -192,7 +192,7 @@ def final_kwarg(rng):
 
 PAPER_TASKS = tuple(TASKS)  # the twenty, in the paper's order
 # `quick`: the tasks the dense width-2 model of the quick grid solves at the quick target, 0.3 (README).
-SUITES = {"paper": PAPER_TASKS, "quick": ("else_elif", "lambda_func", "single_double_quote")}
+SUITES = {"paper": PAPER_TASKS, "quick": ("single_double_quote", "bracket_brace", "else_elif")}
 
 
 @dataclass(frozen=True)

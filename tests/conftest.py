@@ -19,7 +19,7 @@ TINY = [
     "train.steps=30", "train.batch_size=4", "train.log_every=5", "train.eval_every=10",
     "train.eval_windows=8", "train.final_eval_windows=16",
     "tasks.n_train=4", "tasks.n_heldout=4", "prune.steps=10", "prune.mean_windows=8",
-    f"data.source={SMALL_CORPUS}", "data.val_frac=0.2",
+    f"data.source={SMALL_CORPUS}", "data.val_frac=0.2", "data.tokenizer=bytes",  # the BPE has its own tests
 ]
 
 

@@ -37,7 +37,7 @@ def test_smoke_run_writes_every_measure_the_issue_names(tmp_path):
     assert r["mfu"]["64"] == pytest.approx(step["flops_per_step"] / step["sparse_step_s"] / (r["matmul_peak_gflops"]["1"] * 1e9))
     table = (tmp_path / "results.md").read_text()
     assert "| d_model | params | dense step (ms) | sparse step (ms) | sparse / dense |" in table
-    assert "| 256 | 1,720,320 |" in table
+    assert "| 256 | 2,113,536 |" in table  # 2 layers of d_model 256, a 1,024-token BPE, 64 positions
     assert (PROJECT_ROOT / "bench" / "results.json").read_bytes() == committed  # --out: the measured table stays
 
 

@@ -55,7 +55,7 @@ def test_paper_grid_is_the_recipe():
 
 def test_a_two_point_smoke_of_the_paper_grid_runs_on_the_cpu(sweep):
     """The recipe end to end at a toy size: BPE, bigram table, no positions, j = 4, AbsTopK, two widths."""
-    result = sweep.run("experiment=paper", "model.base_width=32", "model.n_layer=2", "model.n_ctx=128",
+    result = sweep.run("experiment=paper", "data.tokenizer=bpe", "model.base_width=32", "model.n_layer=2", "model.n_ctx=128",
                        "data.vocab_size=512", "model.width_mult=1,2", "sparsity.density=1",
                        "hydra.sweeper.extra_grids=[]", "train.threads=1", "hydra.launcher.n_jobs=2",
                        "tasks.suite=quick", "tasks.names=[else_elif]", multirun=True)
