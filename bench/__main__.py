@@ -15,7 +15,7 @@ import torch
 from bench.jobs import job_config, run_child
 from bench.projection import projection_times
 from bench.report import TARGETS, derive, write
-from bench.steps import matmul_peak, step_times
+from bench.steps import matmul_peak, precision_times, step_times
 from sweep.data import load_corpus
 from sweep.tracking import PROJECT_ROOT, ensure_experiment, git_commit
 
@@ -54,9 +54,12 @@ def main() -> None:
     peaks = {t: matmul_peak(t, cpu, matmul_n, 0.1 if args.smoke else 2.0) for t in (1, 2)}
     results["settings"]["matmul_n"] = matmul_n
     results["matmul_peak_gflops"] = {str(t): p / 1e9 for t, p in peaks.items()}
+    results["matmul_peak_gflops_bf16"] = {"1": matmul_peak(1, cpu, matmul_n, 0.1 if args.smoke else 2.0,
+                                                           torch.bfloat16) / 1e9}
     results["steps"] = [timed_width(cfg, tokens, d, 1, cpu, args) for d in widths]
     results["steps_2_threads"] = [timed_width(cfg, tokens, EXTRA_D_MODEL, 2, cpu, args)]
     torch.set_num_threads(1)
+    results["precision"] = [timed_precision(cfg, tokens, torch.from_numpy(corpus.val), d, cpu, args) for d in widths]
     results["projection"] = [timed_projection(cfg, tokens, d, cpu, args) for d in widths]
     torch.set_num_threads(1)
 
@@ -91,6 +94,20 @@ def timed_width(cfg, tokens, d_model: int, threads: int, device, args) -> dict:
     print(f"  d_model {d_model:>4} threads {threads}: dense {1e3 * measured['dense_step_s']:.1f} ms, "
           f"sparse {1e3 * measured['sparse_step_s']:.1f} ms, ratio {measured['ratio']:.3f} "
           f"({measured['steps_each']} steps each)", flush=True)
+    return measured
+
+
+def timed_precision(cfg, tokens, val, d_model: int, device, args) -> dict:
+    """Sparse steps in fp32 and under bf16 autocast, alternating blocks, as many ABBA rounds of blocks of 3
+    as fit in about `step_seconds` (at least one); the loss of both after them."""
+    probe = precision_times(cfg, tokens, val, d_model, DENSITY, rounds=1, block=1, device=device)
+    per_round = 2 * 3 * (probe["fp32_step_s"] + probe["bf16_step_s"])
+    rounds = 1 if args.smoke else 2 * max(1, min(5, round(args.step_seconds / per_round / 2)))
+    measured = precision_times(cfg, tokens, val, d_model, DENSITY, rounds=rounds, block=1 if args.smoke else 3,
+                               device=device)
+    print(f"  d_model {d_model:>4} precision: fp32 {1e3 * measured['fp32_step_s']:.1f} ms, bf16 "
+          f"{1e3 * measured['bf16_step_s']:.1f} ms ({measured['bf16_speedup']:.2f}x), loss bf16 - fp32 "
+          f"{measured['bf16_loss_delta']:+.3f} after {measured['steps_each']} steps", flush=True)
     return measured
 
 

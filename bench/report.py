@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 TARGETS = {"sparse_dense_ratio": "<= 1.10 at every width", "mfu": ">= 0.30 at d_model 256 (CPU)",
-           "prune_train_ratio": "<= 1.0 at every width", "logging_share": "<= 0.02"}
+           "prune_train_ratio": "<= 1.0 at every width", "logging_share": "<= 0.02",
+           "bf16_speedup": ">= 1.5 at d_model 128 and 256", "bf16_loss_delta": "<= 0.02 nats at every width",
+           "mfu_bf16": ">= 0.40 of the bf16 peak at d_model 256"}
 
 
 def fitted_exponent(x: list[float], y: list[float]) -> float:
@@ -43,8 +45,19 @@ def derive(results: dict, real_steps: int) -> dict:
         step = steps[str(p["d_model"])]
         p["ratio_plain_projection"] = step["ratio"] + (p["plain_s"] - p["fast_s"]) / step["dense_step_s"]
         p["share_of_sparse_step"] = p["fast_s"] / step["sparse_step_s"]
+    peak_bf16 = results["matmul_peak_gflops_bf16"]["1"] * 1e9
+    projection = {str(p["d_model"]): p for p in results.get("projection", [])}
+    for x in results.get("precision", []):
+        x["mfu_bf16"] = x["flops_per_step"] / x["bf16_step_s"] / peak_bf16
+        x["mfu_fp32"] = x["flops_per_step"] / x["fp32_step_s"] / peak1
+        if str(x["d_model"]) in projection:  # the projection runs on fp32 weights either way
+            x["projection_share_bf16"] = projection[str(x["d_model"])]["fast_s"] / x["bf16_step_s"]
+    precision = {str(x["d_model"]): x for x in results.get("precision", [])}
     jobs = results["jobs"]
     results.update({
+        "bf16_speedup": {k: x["bf16_speedup"] for k, x in precision.items()},
+        "bf16_loss_delta": {k: x["bf16_loss_delta"] for k, x in precision.items()},
+        "mfu_bf16": {k: x["mfu_bf16"] for k, x in precision.items()},
         "sparse_dense_ratio": {k: s["ratio"] for k, s in steps.items()},
         "mfu": {k: s["mfu"] for k, s in steps.items()},
         "mfu_2_threads": {str(s["d_model"]): s["mfu"] for s in results["steps_2_threads"]},
@@ -68,6 +81,9 @@ def derive(results: dict, real_steps: int) -> dict:
         "mfu": results["mfu"]["256"] >= 0.30,
         "prune_train_ratio": all(r <= 1.0 for r in results["prune_train_ratio"].values()),
         "logging_share": results["logging_share"] <= 0.02,
+        "bf16_speedup": all(results["bf16_speedup"].get(k, 0) >= 1.5 for k in ("128", "256")),
+        "bf16_loss_delta": all(abs(d) <= 0.02 for d in results["bf16_loss_delta"].values()),
+        "mfu_bf16": results["mfu_bf16"].get("256", 0) >= 0.40,
     }
     return results
 
@@ -113,6 +129,16 @@ def table(r: dict) -> str:
         f"jobs trained {s['job_steps']} steps, projected to {s['real_job_steps']}; `make bench` took "
         f"{r['bench_wall_s']:.0f} s",
     ]
+    if r.get("precision"):
+        lines += ["", f"Precision: sparse steps in fp32 and under bf16 autocast, alternating blocks, the same model, "
+                  f"seed and batches; MFU against this run's one-thread matmul peaks, fp32 {peak['1']:.1f} and bf16 "
+                  f"{r['matmul_peak_gflops_bf16']['1']:.1f} GFLOP/s; loss on 256 held-out windows after the timed steps:", "",
+                  "| d_model | fp32 step (ms) | bf16 step (ms) | bf16 speed-up | loss fp32 | loss bf16 - fp32 | "
+                  "MFU fp32 | MFU bf16 | projection share (bf16 step) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {x['d_model']} | {1e3 * x['fp32_step_s']:.1f} | {1e3 * x['bf16_step_s']:.1f} | "
+                  f"**{x['bf16_speedup']:.2f}x** | {x['fp32_loss']:.3f} | {x['bf16_loss_delta']:+.3f} | "
+                  f"{x['mfu_fp32']:.1%} | {x['mfu_bf16']:.1%} | {_fmt(x.get('projection_share_bf16'), '.1%', '-')} |"
+                  for x in r["precision"]]
     if len(projection) > 2:
         lines += ["", "The top-k projection before and after its speed-up (alternating step by step in one sparse "
                   "run at the target density; both keep the k largest, differing at most in which of exactly tied entries):", "", *projection]

@@ -7,11 +7,12 @@ import time
 from dataclasses import dataclass
 
 import torch
+from omegaconf import OmegaConf
 
-from sweep.data import sample_batch, vocab_size
+from sweep.data import eval_windows, sample_batch, vocab_size
 from sweep.model import GPT, ModelShape
 from sweep.sparsity import WeightSparsifier
-from sweep.train import base_lr, build_optimizer, step_lr, train_step
+from sweep.train import base_lr, build_optimizer, evaluate, step_lr, train_step
 
 
 def sync(device: torch.device) -> None:
@@ -19,11 +20,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(threads: int, device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
-    """Best fp32 FLOP/s of a large square torch.mm (n x n) over `seconds` of repeats: the machine's peak."""
+def matmul_peak(threads: int, device: torch.device, n: int = 2048, seconds: float = 2.0,
+                dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of a large square torch.mm (n x n) in `dtype` over `seconds` of repeats: the machine's peak."""
     torch.set_num_threads(threads)
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
-    out = torch.empty(n, n, device=device)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up: first call allocates, picks kernels
     sync(device)
     best, spent = float("inf"), 0.0
@@ -58,17 +60,20 @@ class Trainer:
     sparsifier: WeightSparsifier
     lr0: float
     steps: int  # length of the schedule the sparse run follows (its progress goes 0 -> 1 over it)
+    train_cfg: object  # cfg.train with this trainer's precision
     done: int = 0
 
     def step(self, tokens, generator, cfg, device) -> None:
         inputs, targets = (t.to(device) for t in sample_batch(tokens, cfg.train.batch_size, cfg.model.n_ctx, generator))
         step = self.done % self.steps
-        lr = step_lr(self.lr0, step, self.steps, self.sparsifier, cfg.train)
-        train_step(self.model, self.optimizer, self.sparsifier, inputs, targets, lr, (step + 1) / self.steps, cfg.train)
+        lr = step_lr(self.lr0, step, self.steps, self.sparsifier, self.train_cfg)
+        train_step(self.model, self.optimizer, self.sparsifier, inputs, targets, lr, (step + 1) / self.steps,
+                   self.train_cfg)
         self.done += 1
 
 
-def make_trainer(cfg, d_model: int, density: float, steps: int, device: torch.device) -> Trainer:
+def make_trainer(cfg, d_model: int, density: float, steps: int, device: torch.device,
+                 precision: str = "fp32") -> Trainer:
     """The job's model, optimizer and sparsifier at this width and density (width_mult = d_model / base)."""
     width_mult = d_model // cfg.model.base_width
     shape = ModelShape(vocab_size(cfg.data), d_model, cfg.model.n_layer, cfg.model.d_head,
@@ -77,7 +82,7 @@ def make_trainer(cfg, d_model: int, density: float, steps: int, device: torch.de
     model = GPT(shape).to(device)
     sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(), density, width_mult, cfg.sparsity)
     return Trainer(model, build_optimizer(model, cfg.train), sparsifier,
-                   base_lr(cfg.train, density, width_mult), steps)
+                   base_lr(cfg.train, density, width_mult), steps, OmegaConf.merge(cfg.train, {"precision": precision}))
 
 
 def timed_block(trainer: Trainer, n: int, tokens, generator, cfg, device) -> float:
@@ -115,3 +120,27 @@ def step_times(cfg, tokens: torch.Tensor, d_model: int, density: float, rounds: 
     return {"d_model": d_model, "threads": threads, "steps_each": measured, "dense_step_s": dense_s,
             "sparse_step_s": sparse_s, "ratio": ratio, "dense_blocks_s": blocks["dense"], "sparse_blocks_s": blocks["sparse"], "flops_per_step": flops,
             "sparse_nonzero_params": nonzero, "total_params": sparse.model.count_params()[0]}
+
+
+def precision_times(cfg, tokens: torch.Tensor, val: torch.Tensor, d_model: int, density: float, rounds: int,
+                    block: int, device: torch.device) -> dict:
+    """Sparse step time in fp32 and under bf16 autocast, the same model and seed, alternating blocks
+    (ABBA); then the loss of each after its timed steps on the same held-out windows."""
+    measured = 2 * rounds * block
+    trainers = {p: make_trainer(cfg, d_model, density, measured, device, p) for p in ("fp32", "bf16")}
+    generators = {p: torch.Generator().manual_seed(cfg.seed) for p in trainers}  # the same batches for both
+    for p, trainer in trainers.items():  # warm-up (allocator, kernels, autocast), then restart the schedule
+        timed_block(trainer, 1, tokens, generators[p], cfg, device)
+        trainer.done = 0
+    blocks: dict[str, list[float]] = {p: [] for p in trainers}
+    for r in range(2 * rounds):
+        for p in (("fp32", "bf16") if r % 4 in (0, 3) else ("bf16", "fp32")):
+            blocks[p].append(timed_block(trainers[p], block, tokens, generators[p], cfg, device))
+    inputs, targets = (t.to(device) for t in eval_windows(val, cfg.model.n_ctx, 256))
+    losses = {p: evaluate(t.model, inputs, targets, cfg.train.batch_size) for p, t in trainers.items()}
+    return {"d_model": d_model, "steps_each": measured, **{f"{p}_loss": losses[p] for p in trainers},
+            "bf16_loss_delta": losses["bf16"] - losses["fp32"],
+            **{f"{p}_step_s": statistics.median(blocks[p]) / block for p in trainers},
+            "bf16_speedup": statistics.median(f / b for f, b in zip(blocks["fp32"], blocks["bf16"])),
+            "flops_per_step": train_flops_per_token(trainers["fp32"].model.shape) * cfg.train.batch_size * cfg.model.n_ctx,
+            **{f"{p}_blocks_s": blocks[p] for p in trainers}}

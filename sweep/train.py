@@ -18,6 +18,7 @@ from sweep.model import GPT
 from sweep.sparsity import WeightSparsifier
 
 LR_SCHEDULES = ("sharkfin", "linear")
+PRECISIONS = ("fp32", "bf16")
 LogFn = Callable[[int, dict[str, float]], None]
 
 
@@ -71,11 +72,19 @@ def step_lr(lr0: float, step: int, steps: int, sparsifier: WeightSparsifier, tra
     return lr
 
 
+def autocast(device: torch.device, precision: str):
+    """The forward pass's precision: bf16 autocast (matmuls in bf16, weights, Adam state and the top-k
+    projection stay fp32), or plain fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_step(model: GPT, optimizer: torch.optim.Optimizer, sparsifier: WeightSparsifier, inputs: torch.Tensor,
                targets: torch.Tensor, lr: float, progress: float, train_cfg) -> torch.Tensor:
     """One step: forward, backward, gradient RMS norm, Adam at `lr`, then the top-k projection at
     `progress` (a fraction of training). Returns the detached loss."""
-    loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+    with autocast(inputs.device, train_cfg.get("precision", "fp32")):
+        logits = model(inputs)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if train_cfg.grad_rms_norm:

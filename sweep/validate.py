@@ -14,7 +14,7 @@ from sweep.tokenizer import N_BYTES, TOKENIZERS
 from sweep.model import POS_EMB
 from sweep.prune_stage import check_prune_config
 from sweep.sparsity import check_feasible
-from sweep.train import LR_SCHEDULES
+from sweep.train import LR_SCHEDULES, PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -94,8 +94,13 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "train.adam_eps", 0.0, low_open=True)
     _number(cfg, "train.weight_decay", 0.0)
     _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
-    if _choice(cfg, "train.device", DEVICES) == "cuda" and not torch.cuda.is_available():
+    device = _choice(cfg, "train.device", DEVICES)
+    if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device", "cuda", "no CUDA device on this machine; allowed here: auto, cpu")
+    if (_choice(cfg, "train.precision", PRECISIONS) == "bf16" and device != "cpu" and torch.cuda.is_available()
+            and not torch.cuda.is_bf16_supported()):
+        raise ConfigError("train.precision", "bf16", f"this GPU ({torch.cuda.get_device_name()}) has no bf16; "
+                                                     "allowed here: fp32, or bf16 with train.device=cpu")
     _integer(cfg, "train.threads", 1)
     log_every = _integer(cfg, "train.log_every", 1)
     eval_every = _integer(cfg, "train.eval_every", 1)
