@@ -94,6 +94,16 @@ def timed_block(trainer: Trainer, n: int, tokens, generator, cfg, device) -> flo
     return time.perf_counter() - start
 
 
+def alternate(trainers: dict[str, Trainer], generators: dict, rounds: int, block: int, tokens, cfg,
+              device) -> dict[str, list[float]]:
+    """Time two trainers in alternating blocks, ABBA order so that drift cancels: {name: block seconds}."""
+    (a, b), blocks = trainers, {name: [] for name in trainers}
+    for r in range(2 * rounds):
+        for name in ((a, b) if r % 4 in (0, 3) else (b, a)):
+            blocks[name].append(timed_block(trainers[name], block, tokens, generators[name], cfg, device))
+    return blocks
+
+
 def step_times(cfg, tokens: torch.Tensor, d_model: int, density: float, rounds: int, block: int,
                threads: int, device: torch.device) -> dict:
     """Step time (median over blocks) of dense (density 1) and sparse training of the same model,
@@ -106,11 +116,8 @@ def step_times(cfg, tokens: torch.Tensor, d_model: int, density: float, rounds: 
     for trainer in (dense, sparse):  # warm-up (allocator, kernels), then restart the schedule
         timed_block(trainer, 3, tokens, generator, cfg, device)
         trainer.done = 0
-    blocks: dict[str, list[float]] = {"dense": [], "sparse": []}
-    for r in range(2 * rounds):
-        order = (("dense", dense), ("sparse", sparse)) if r % 4 in (0, 3) else (("sparse", sparse), ("dense", dense))
-        for name, trainer in order:
-            blocks[name].append(timed_block(trainer, block, tokens, generator, cfg, device))
+    blocks = alternate({"dense": dense, "sparse": sparse}, {"dense": generator, "sparse": generator}, rounds, block,
+                       tokens, cfg, device)
     # medians: a burst of load from elsewhere on the machine hits a block or two, not the estimate;
     # the ratio pairs each sparse block with the dense block timed next to it
     dense_s, sparse_s = (statistics.median(blocks[name]) / block for name in ("dense", "sparse"))
@@ -132,10 +139,7 @@ def precision_times(cfg, tokens: torch.Tensor, val: torch.Tensor, d_model: int, 
     for p, trainer in trainers.items():  # warm-up (allocator, kernels, autocast), then restart the schedule
         timed_block(trainer, 1, tokens, generators[p], cfg, device)
         trainer.done = 0
-    blocks: dict[str, list[float]] = {p: [] for p in trainers}
-    for r in range(2 * rounds):
-        for p in (("fp32", "bf16") if r % 4 in (0, 3) else ("bf16", "fp32")):
-            blocks[p].append(timed_block(trainers[p], block, tokens, generators[p], cfg, device))
+    blocks = alternate(trainers, generators, rounds, block, tokens, cfg, device)
     inputs, targets = (t.to(device) for t in eval_windows(val, cfg.model.n_ctx, 256))
     losses = {p: evaluate(t.model, inputs, targets, cfg.train.batch_size) for p, t in trainers.items()}
     return {"d_model": d_model, "steps_each": measured, **{f"{p}_loss": losses[p] for p in trainers},
