@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
@@ -77,11 +79,28 @@ def _stop_on_bad_input(error: ConfigError) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
+def _stop_on_error(hook):
+    """Hydra turns an exception in a callback into a warning and runs on: a sweep whose start-up failed
+    would run jobs with no plan and no parent run, then exit 0. Stop it instead: the traceback, one
+    `error:` line, exit 1."""
+    @functools.wraps(hook)
+    def guarded(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as e:  # SystemExit (bad input, a signal) passes through as it is
+            traceback.print_exc()
+            print(f"error: sweep {hook.__name__} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                  file=sys.stderr, flush=True)
+            sys.exit(1)
+    return guarded
+
+
 class SweepCallback(Callback):
     """Runs in the launching process, around all jobs of one `-m` invocation: plans every point
     (invalid / already finished / duplicate / run), creates the store and the parent run, closes runs
     orphaned by an earlier kill, stops the jobs cleanly on SIGTERM or SIGINT, and summarises."""
 
+    @_stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         launchers.check_launcher(config)  # hydra/launcher=slurm: SLURM must answer, before anything is logged
         check_server(config)
@@ -153,6 +172,7 @@ class SweepCallback(Callback):
                 tracking.log_skipped_run(self.config.tracking, self.parent_run_id, entry.point,
                                          entry.config_hash, entry.duplicate_of)
 
+    @_stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self._record_skipped()
         summary, failed = self._summary()

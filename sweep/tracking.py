@@ -23,6 +23,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 UNHASHED_KEYS = ("tracking", "train.device", "train.threads")
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
 MLFLOW_PARAM_BATCH_LIMIT = 100
+MLFLOW_RUN_NAME_LIMIT = 250  # characters: runs.name is VARCHAR(250) on PostgreSQL/MySQL (SQLite does not check)
 SERVER_PROBE_TIMEOUT_S = 15  # per request of the probe; MLflow's client would retry for minutes instead
 _server_problems: dict[str, str | None] = {}  # tracking server URI -> why it cannot be used (None: it works)
 
@@ -172,13 +173,21 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+    """A run whose name fits every backend: a long override list is cut to the limit with "..." (the
+    full configuration is in the run's params and config artifact)."""
+    if len(run_name) > MLFLOW_RUN_NAME_LIMIT:
+        run_name = run_name[:MLFLOW_RUN_NAME_LIMIT - 3] + "..."
+    return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
 def start_parent_run(tracking_cfg, run_name: str) -> str:
     """A sweep's parent run, created in the launching process."""
     client, experiment_id = ensure_experiment(tracking_cfg)
     tags = {names.TAG_KIND: names.KIND_PARENT, names.TAG_PROCESS: lifecycle.process_tag()}
     if commit := git_commit():
         tags[names.TAG_GIT_COMMIT] = commit
-    return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    return create_run(client, experiment_id, run_name, tags)
 
 
 def end_parent_run(tracking_cfg, run_id: str, failed: bool, summary: str) -> None:
@@ -217,7 +226,7 @@ def log_skipped_run(tracking_cfg, parent_run_id: str, run_name: str, point_hash:
     client, experiment_id = ensure_experiment(tracking_cfg)
     tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_CONFIG_HASH: point_hash, names.TAG_PARENT: parent_run_id,
             names.TAG_STATUS: f"{names.STATUS_SKIPPED}: duplicate of {duplicate_of}"}
-    run_id = client.create_run(experiment_id, run_name=f"{run_name} (skipped)", tags=tags).info.run_id
+    run_id = create_run(client, experiment_id, f"(skipped) {run_name}", tags)
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return run_id
 
@@ -233,7 +242,7 @@ class JobRun:
             tags[names.TAG_PARENT] = parent_run_id
         if commit := git_commit():
             tags[names.TAG_GIT_COMMIT] = commit
-        self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        self.run_id = create_run(self.client, experiment_id, run_name, tags)
         self.flush_every = cfg.tracking.flush_every
         self._pending: list[Metric] = []
         try:  # a signal can arrive while the run is being set up: it must not stay RUNNING

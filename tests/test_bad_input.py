@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import Sweep
+from sweep import names
 
 BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["sparsity.density=0"], "sparsity.density", "(0.0, 1.0]"),
@@ -108,3 +109,21 @@ def test_unwritable_tracking_directory(sweep, tmp_path, where):
     assert "tracking.uri" in result.stderr and "not writable" in result.stderr
     assert "Traceback" not in result.stderr
     assert not sweep.db.exists()
+
+
+@pytest.mark.parametrize("fault", ["not_sqlite", "deleted_experiment"])
+def test_a_failed_start_up_stops_the_multirun(sweep, fault):
+    """Hydra turns a callback's exception into a warning: the sweep must still stop, not run jobs without
+    a parent run and exit 0."""
+    if fault == "not_sqlite":
+        sweep.db.write_text("this is not an SQLite database\n" * 100)
+    else:
+        client = sweep.client
+        client.delete_experiment(client.create_experiment("frontier"))
+    before = store_digest(sweep)
+    result = sweep.run("sparsity.density=1,0.5", multirun=True)
+    assert result.returncode not in (0, 2), result.stdout[-2000:] + result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: sweep on_multirun_start failed")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert not list(sweep.tmp.glob(f"multirun/*/{names.RESULT_FILE}")), "a job ran"
+    assert store_digest(sweep) == before

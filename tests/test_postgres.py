@@ -61,7 +61,7 @@ def test_two_point_sweep_logs_runs_and_artifacts_to_the_server(stack, tmp_path):
     _, server = stack
     sweep = server_sweep(tmp_path, server.url)
     result = sweep.run("sparsity.density=1,0.5", multirun=True)
-    assert result.returncode == 0, result.stderr[-3000:] + server.logs()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + server.logs()
     assert "2 finished" in result.stdout
     assert f"open the runs: {server.url}/#/experiments/" in result.stdout  # the server's UI, not `make ui`
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import PROJECT_ROOT, Sweep
 from sweep import names, tasks
-from sweep.tracking import git_commit
+from sweep.tracking import MLFLOW_RUN_NAME_LIMIT, git_commit
 
 STEP_METRICS = set(names.STEP_METRICS)
 ONCE_METRICS = set(names.TRAINING_SUMMARY_METRICS)
@@ -40,6 +40,9 @@ def test_two_point_multirun_logs_two_children_under_one_parent(sweep, tmp_path):
         tags, params, metrics = job.data.tags, job.data.params, job.data.metrics
         assert tags[names.TAG_PARENT] == parents[0].info.run_id
         assert tags[names.TAG_STATUS] == names.STATUS_FINISHED and job.info.status == "FINISHED"
+        # the tiny overrides make a name over PostgreSQL's VARCHAR(250); it is cut, keeping the point's label
+        assert len(job.info.run_name) == MLFLOW_RUN_NAME_LIMIT and job.info.run_name.endswith("...")
+        assert job.info.run_name.startswith(f"w1-d{params['sparsity.density'].removesuffix('.0')}-s0 ")
         assert len(tags[names.TAG_CONFIG_HASH]) == 16 and len(tags[names.TAG_CORPUS_HASH]) == 16
         assert tags.get(names.TAG_GIT_COMMIT) == git_commit()
         assert params["model.base_width"] == "16" and params["train.steps"] == "30"
