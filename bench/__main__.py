@@ -15,7 +15,7 @@ import torch
 from bench.jobs import job_config, run_child
 from bench.projection import projection_times
 from bench.report import TARGETS, derive, write
-from bench.steps import matmul_peak, precision_times, step_times
+from bench.steps import compile_times, matmul_peak, precision_times, step_times
 from sweep.data import load_corpus
 from sweep.tracking import PROJECT_ROOT, ensure_experiment, git_commit
 
@@ -32,6 +32,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--step-seconds", type=float, default=24.0,
                         help="about how long to time sparse and dense steps (together) per width")
     parser.add_argument("--smoke", action="store_true", help="tiny settings: checks that everything runs")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure torch.compile (tens of seconds of compiling per width); default: on, off with --smoke")
     return parser.parse_args()
 
 
@@ -44,6 +46,7 @@ def main() -> None:
     smoke = ["train.batch_size=4", "train.eval_windows=8", "train.final_eval_windows=16",
              "tasks.n_train=4", "tasks.n_heldout=4", "prune.steps=10", "prune.mean_windows=8"] if args.smoke else []
     cfg = job_config(base + smoke)
+    args.overrides = base + smoke
     corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))  # built once, before the jobs (as a sweep does)
     tokens = torch.from_numpy(corpus.train)
     cpu = torch.device("cpu")
@@ -62,6 +65,11 @@ def main() -> None:
     results["precision"] = [timed_precision(cfg, tokens, torch.from_numpy(corpus.val), d, cpu, args) for d in widths]
     results["projection"] = [timed_projection(cfg, tokens, d, cpu, args) for d in widths]
     torch.set_num_threads(1)
+    if args.compile is None:
+        args.compile = not args.smoke
+    if args.compile:
+        with tempfile.TemporaryDirectory(prefix="bench-inductor-") as cache:
+            results["compile"] = [timed_compile(cfg, tokens, d, cpu, args, cache) for d in (widths[:1] if args.smoke else widths)]
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
@@ -108,6 +116,16 @@ def timed_precision(cfg, tokens, val, d_model: int, device, args) -> dict:
     print(f"  d_model {d_model:>4} precision: fp32 {1e3 * measured['fp32_step_s']:.1f} ms, bf16 "
           f"{1e3 * measured['bf16_step_s']:.1f} ms ({measured['bf16_speedup']:.2f}x), loss bf16 - fp32 "
           f"{measured['bf16_loss_delta']:+.3f} after {measured['steps_each']} steps", flush=True)
+    return measured
+
+
+def timed_compile(cfg, tokens, d_model: int, device, args, cache_dir) -> dict:
+    """Compile cold and warm, then sparse steps eager and compiled in alternating blocks of 3, two ABBA rounds."""
+    rounds, block = (1, 1) if args.smoke else (4, 3)
+    measured = compile_times(cfg, args.overrides, tokens, d_model, DENSITY, rounds, block, device, cache_dir)
+    print(f"  d_model {d_model:>4} compile: eager {1e3 * measured['eager_step_s']:.1f} ms, compiled "
+          f"{1e3 * measured['compiled_step_s']:.1f} ms ({measured['compile_speedup']:.2f}x), compile "
+          f"{measured['compile_s_cold']:.1f} s cold, {measured['compile_s_warm']:.1f} s warm", flush=True)
     return measured
 
 

@@ -55,8 +55,16 @@ def derive(results: dict, real_steps: int) -> dict:
         if str(x["d_model"]) in projection:  # the projection runs on fp32 weights either way
             x["projection_share_bf16"] = projection[str(x["d_model"])]["fast_s"] / x["bf16_step_s"]
     precision = {str(x["d_model"]): x for x in results.get("precision", [])}
+    for x in results.get("compile", []):
+        # per job of train.steps steps: the steps' saving less a warm compile (each job process compiles
+        # again; only the first job of a shape finds the kernel cache cold)
+        x["job_saving_s"] = real_steps * (x["eager_step_s"] - x["compiled_step_s"]) - x["compile_s_warm"]
+    compiled = {str(x["d_model"]): x for x in results.get("compile", [])}
     jobs = results["jobs"]
     results.update({
+        "compile_speedup": {k: x["compile_speedup"] for k, x in compiled.items()},
+        "compile_s": {k: {"cold": x["compile_s_cold"], "warm": x["compile_s_warm"]} for k, x in compiled.items()},
+        "compile_job_saving_s": {k: x["job_saving_s"] for k, x in compiled.items()},
         "bf16_speedup": {k: x["bf16_speedup"] for k, x in precision.items()},
         "bf16_loss_delta": {k: x["bf16_loss_delta"] for k, x in precision.items()},
         "mfu_bf16": {k: x["mfu_bf16"] for k, x in precision.items()},
@@ -142,6 +150,16 @@ def table(r: dict) -> str:
                   f"**{x['bf16_speedup']:.2f}x** | {x['fp32_loss']:.3f} | {x['bf16_loss_delta']:+.3f} | "
                   f"{x['mfu_fp32']:.1%} | {x['mfu_bf16']:.1%} | {_fmt(x.get('projection_share_bf16'), '.1%', '-')} |"
                   for x in r["precision"]]
+    if r.get("compile"):
+        lines += ["", f"torch.compile of the training forward (train.compile): sparse steps eager and compiled, "
+                  f"alternating blocks, the same model, seed and batches; compile time = the first compiled step "
+                  f"less a compiled step, cold (empty kernel cache) and warm (cache filled by an earlier job); saving "
+                  f"per job = {s['real_job_steps']} steps x (eager - compiled) - warm compile:", "",
+                  "| d_model | eager step (ms) | compiled step (ms) | speed-up | compile cold (s) | compile warm (s) | "
+                  "saving per job (s) |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {x['d_model']} | {1e3 * x['eager_step_s']:.1f} | {1e3 * x['compiled_step_s']:.1f} | "
+                  f"**{x['compile_speedup']:.2f}x** | {x['compile_s_cold']:.1f} | {x['compile_s_warm']:.1f} | "
+                  f"{x['job_saving_s']:+.0f} |" for x in r["compile"]]
     if len(projection) > 2:
         lines += ["", "The top-k projection before and after its speed-up (alternating step by step in one sparse "
                   "run at the target density; both keep the k largest, differing at most in which of exactly tied entries):", "", *projection]

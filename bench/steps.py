@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -62,12 +66,13 @@ class Trainer:
     steps: int  # length of the schedule the sparse run follows (its progress goes 0 -> 1 over it)
     train_cfg: object  # cfg.train with this trainer's precision
     done: int = 0
+    forward: torch.nn.Module | None = None  # a torch.compile wrapper of `model`, or None: the model itself
 
     def step(self, tokens, generator, cfg, device) -> None:
         inputs, targets = (t.to(device) for t in sample_batch(tokens, cfg.train.batch_size, cfg.model.n_ctx, generator))
         step = self.done % self.steps
         lr = step_lr(self.lr0, step, self.steps, self.sparsifier, self.train_cfg)
-        train_step(self.model, self.optimizer, self.sparsifier, inputs, targets, lr, (step + 1) / self.steps,
+        train_step(self.model if self.forward is None else self.forward, self.optimizer, self.sparsifier, inputs, targets, lr, (step + 1) / self.steps,
                    self.train_cfg)
         self.done += 1
 
@@ -148,3 +153,33 @@ def precision_times(cfg, tokens: torch.Tensor, val: torch.Tensor, d_model: int, 
             "bf16_speedup": statistics.median(f / b for f, b in zip(blocks["fp32"], blocks["bf16"])),
             "flops_per_step": train_flops_per_token(trainers["fp32"].model.shape) * cfg.train.batch_size * cfg.model.n_ctx,
             **{f"{p}_blocks_s": blocks[p] for p in trainers}}
+
+
+def compile_times(cfg, overrides: list[str], tokens: torch.Tensor, d_model: int, density: float, rounds: int,
+                  block: int, device: torch.device, cache_dir) -> dict:
+    """Sparse step time eager and with the forward under torch.compile (as train.compile does), the same
+    model, seed and batches, alternating blocks (ABBA); and the compile time, the first compiled step less
+    a compiled step, each in a fresh process (bench.compile_probe) as a sweep's worker meets it: cold (an
+    empty kernel cache: the first job of a shape) and warm (the kernels the cold one left)."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir)}
+    compile_s = {}
+    for when in ("cold", "warm"):
+        out = subprocess.run([sys.executable, "-m", "bench.compile_probe", str(d_model), str(density), *overrides],
+                             capture_output=True, text=True, env=env, check=True).stdout
+        probe = json.loads(out.strip().splitlines()[-1])
+        compile_s[when] = probe["first_step_s"] - probe["step_s"]
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
+    measured = 2 * rounds * block
+    trainers = {m: make_trainer(cfg, d_model, density, measured, device) for m in ("eager", "compiled")}
+    trainers["compiled"].forward = torch.compile(trainers["compiled"].model)
+    generators = {m: torch.Generator().manual_seed(cfg.seed) for m in trainers}
+    for m, trainer in trainers.items():  # warm-up (the compile, kernels), then restart the schedule
+        timed_block(trainer, 1, tokens, generators[m], cfg, device)
+        trainer.done = 0
+        generators[m].manual_seed(cfg.seed)
+    blocks = alternate(trainers, generators, rounds, block, tokens, cfg, device)
+    return {"d_model": d_model, "steps_each": measured,
+            **{f"{m}_step_s": statistics.median(blocks[m]) / block for m in trainers},
+            "compile_speedup": statistics.median(e / c for e, c in zip(blocks["eager"], blocks["compiled"])),
+            **{f"compile_s_{when}": s for when, s in compile_s.items()},
+            **{f"{m}_blocks_s": blocks[m] for m in trainers}}

@@ -15,15 +15,15 @@ from omegaconf import DictConfig
 
 from sweep import names
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started, work_started
-from sweep.job import JobOutcome, ignore_sigint_in_worker, run_job
+from sweep.job import JobOutcome, ignore_sigint_in_worker, job_slot, run_job
 from sweep.lifecycle import Terminated, is_launching_process
 from sweep.points import describe_point
 from sweep.tracking import PROJECT_ROOT
 
 
-def _bar_position(hc) -> int:
-    n_jobs = hc.launcher.get("n_jobs", 1) if "launcher" in hc else 1
-    return hc.job.num % (os.cpu_count() if n_jobs in (None, -1) else max(1, n_jobs))
+def _slot(hc) -> int:
+    """The job's place among the jobs that run at once: its progress bar's row and its GPU."""
+    return job_slot(hc.job.num, hc.launcher.get("n_jobs", 1) if "launcher" in hc else 1)
 
 
 @hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name="config", version_base="1.3")
@@ -36,7 +36,7 @@ def hydra_job(cfg: DictConfig) -> dict:
         ignore_sigint_in_worker()
     try:
         outcome = run_job(cfg, os.environ.get(names.ENV_PARENT_RUN_ID), hc.overrides.task,
-                          _bar_position(hc) if multirun else 0)
+                          _slot(hc) if multirun else 0)
     except ConfigError as e:
         if not multirun:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -40,11 +41,33 @@ class JobOutcome:
         return asdict(self)
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` is CUDA when present, else the CPU."""
+def job_slot(job_num: int, n_jobs: int | None) -> int:
+    """The place of a multirun's job `job_num` among the `n_jobs` the launcher runs at once (joblib's
+    -1 or None: one per core)."""
+    return job_num % (os.cpu_count() if n_jobs in (None, -1) else max(1, n_jobs))
+
+
+def gpu_for_slot(slot: int, n_gpus: int) -> int:
+    """Round-robin: the jobs running at once (slots 0, 1, ...) spread over the visible GPUs, several per
+    GPU when there are more jobs than GPUs."""
+    return slot % n_gpus
+
+
+def resolve_device(device: str, slot: int = 0) -> torch.device:
+    """`auto` is CUDA when present, else the CPU; on CUDA, the GPU of this job's slot among the visible
+    ones (CUDA_VISIBLE_DEVICES, or SLURM's per-task GPUs, choose which are visible)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    if device != "cuda":
+        return torch.device(device)
+    index = gpu_for_slot(slot, torch.cuda.device_count())
+    torch.cuda.set_device(index)  # the job's CUDA context on its own GPU only
+    return torch.device("cuda", index)
+
+
+def describe_device(device: torch.device) -> str:
+    """`cpu`, or `cuda:1 NVIDIA H200`: the tag that says where a job ran."""
+    return f"{device} {torch.cuda.get_device_name(device)}" if device.type == "cuda" else str(device)
 
 
 def build_model(cfg: DictConfig) -> GPT:
@@ -80,19 +103,23 @@ def train_epochs(cfg: DictConfig, train_tokens: int) -> float:
     return epochs
 
 
-def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar_position: int = 0) -> JobOutcome:
-    """Train one weight-sparse model and log it; raises ConfigError before any run exists."""
+def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slot: int = 0) -> JobOutcome:
+    """Train one weight-sparse model and log it; raises ConfigError before any run exists. `slot`: the
+    job's place among those running at once (its progress bar's row, its GPU)."""
     validate(cfg)
     torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, slot)
     corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
     if cfg.prune.enabled and corpus.tokenizer is not BYTES:
         check_tasks(cfg, corpus.tokenizer)  # answers must be single tokens of this BPE: still before the run
     label = point_label(cfg, overrides)
 
     exit_on_sigterm()
-    tags = {names.TAG_CORPUS_HASH: corpus.corpus_hash, names.TAG_TOKENIZER_HASH: corpus.tokenizer.hash}
+    if cfg.train.compile:  # the jobs of a grid (and later sweeps) share compiled kernels
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.data.cache_dir).resolve() / "torchinductor"))
+    tags = {names.TAG_CORPUS_HASH: corpus.corpus_hash, names.TAG_TOKENIZER_HASH: corpus.tokenizer.hash,
+            names.TAG_DEVICE: describe_device(device)}
     epochs = train_epochs(cfg, len(corpus.train))
     with lifecycle.job_running(), JobRun(cfg, label, parent_run_id, tags) as run:
         run.log_metrics({names.DATA_TRAIN_EPOCHS: epochs})
@@ -101,7 +128,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
                                       cfg.sparsity.density, cfg.model.width_mult, cfg.sparsity)
         result = train(model, torch.from_numpy(corpus.train), torch.from_numpy(corpus.val), sparsifier,
                        cfg.train, cfg.seed, lambda step, m: run.log_metrics(m, step),
-                       label=label, position=bar_position)
+                       label=label, position=slot)
         total, nonzero = model.count_params()
         held_out_inputs, _ = eval_windows(torch.from_numpy(corpus.val), cfg.model.n_ctx, cfg.train.eval_windows)
         _, final_targets = eval_windows(torch.from_numpy(corpus.val), cfg.model.n_ctx, cfg.train.final_eval_windows)
@@ -116,6 +143,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), bar
             names.MODEL_TOTAL_PARAMS: total,
             names.MODEL_NONZERO_PARAMS: nonzero,
             names.TIME_TRAIN: result.train_s,
+            names.TIME_FIRST_STEP: result.first_step_s,
             names.PERF_TOKENS_PER_S: result.tokens_per_s,
         })
         with tempfile.TemporaryDirectory() as tmp:  # before pruning: a failed pruning can be redone from it

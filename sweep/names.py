@@ -26,6 +26,7 @@ TAG_CONFIG_HASH = "sweep.config_hash"
 TAG_STATUS = "sweep.status"  # finished | failed: <reason> | skipped: duplicate of <run_id>
 TAG_GIT_COMMIT = "git.commit"
 TAG_CORPUS_HASH = "data.corpus_hash"
+TAG_DEVICE = "sweep.device"  # where the job trained: `cpu` or `cuda:<index> <GPU name>`
 TAG_TOKENIZER_HASH = "data.tokenizer_hash"  # `bytes`, or the hash of the BPE's JSON (the artifact ARTIFACT_TOKENIZER)
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
@@ -53,6 +54,7 @@ DATA_TRAIN_EPOCHS = "data/train_epochs"  # passes over the training split: steps
 MODEL_TOTAL_PARAMS = "model/total_params"
 MODEL_NONZERO_PARAMS = "model/nonzero_params"
 TIME_TRAIN = "time/train_s"
+TIME_FIRST_STEP = "time/first_step_s"  # part of time/train_s; with train.compile about the compile time
 TIME_PRUNE = "time/prune_s"
 PERF_TOKENS_PER_S = "perf/tokens_per_s"
 COLLAPSE_DEAD_BY_WEIGHT = "collapse/dead_by_weight_frac"
@@ -94,6 +96,7 @@ TRAINING_SUMMARY_METRICS = (
     MODEL_TOTAL_PARAMS,
     MODEL_NONZERO_PARAMS,
     TIME_TRAIN,
+    TIME_FIRST_STEP,
     PERF_TOKENS_PER_S,
     COLLAPSE_DEAD_BY_WEIGHT,
     COLLAPSE_DEAD_BY_ACTIVITY,

@@ -27,6 +27,7 @@ class TrainResult:
     val_loss: float
     train_s: float
     tokens_per_s: float
+    first_step_s: float  # with train.compile: about the compile time
 
 
 def base_lr(train_cfg, density: float, width_mult: int) -> float:
@@ -78,10 +79,10 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def train_step(model: GPT, optimizer: torch.optim.Optimizer, sparsifier: WeightSparsifier, inputs: torch.Tensor,
-               targets: torch.Tensor, lr: float, progress: float, train_cfg) -> torch.Tensor:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sparsifier: WeightSparsifier,
+               inputs: torch.Tensor, targets: torch.Tensor, lr: float, progress: float, train_cfg) -> torch.Tensor:
     """One step: forward, backward, gradient RMS norm, Adam at `lr`, then the top-k projection at
-    `progress` (a fraction of training). Returns the detached loss."""
+    `progress` (a fraction of training). `model`: the GPT or its torch.compile wrapper. Returns the detached loss."""
     with autocast(inputs.device, train_cfg.get("precision", "fp32")):
         logits = model(inputs)
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
@@ -120,6 +121,7 @@ def train(model: GPT, train_tokens: torch.Tensor, val_tokens: torch.Tensor, spar
     lr0 = base_lr(train_cfg, sparsifier.density, sparsifier.width_mult)
     tokens_per_step = train_cfg.batch_size * n_ctx
     loss_sum, loss_count = torch.zeros((), device=device), 0
+    forward = torch.compile(model) if train_cfg.get("compile", False) else model  # same parameters
 
     bar = tqdm(total=steps * tokens_per_step, unit="tok", unit_scale=True, desc=label, position=position,
                leave=True, dynamic_ncols=True, mininterval=1.0)
@@ -128,8 +130,10 @@ def train(model: GPT, train_tokens: torch.Tensor, val_tokens: torch.Tensor, spar
         raise_if_stopped()
         inputs, targets = (t.to(device) for t in sample_batch(train_tokens, train_cfg.batch_size, n_ctx, generator))
         lr = step_lr(lr0, step, steps, sparsifier, train_cfg)
-        loss_sum += train_step(model, optimizer, sparsifier, inputs, targets, lr, (step + 1) / steps, train_cfg)
+        loss_sum += train_step(forward, optimizer, sparsifier, inputs, targets, lr, (step + 1) / steps, train_cfg)
         loss_count += 1
+        if step == 0:
+            first_step_s = time.perf_counter() - start
         bar.update(tokens_per_step)
 
         last = step == steps - 1
@@ -150,4 +154,5 @@ def train(model: GPT, train_tokens: torch.Tensor, val_tokens: torch.Tensor, spar
 
     final_inputs, final_targets = (t.to(device) for t in eval_windows(val_tokens, n_ctx, train_cfg.final_eval_windows))
     val_loss = evaluate(model, final_inputs, final_targets, train_cfg.batch_size)
-    return TrainResult(val_loss=val_loss, train_s=train_s, tokens_per_s=steps * tokens_per_step / train_s)
+    return TrainResult(val_loss=val_loss, train_s=train_s, tokens_per_s=steps * tokens_per_step / train_s,
+                       first_step_s=first_step_s)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import shutil
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +39,11 @@ def _integer(cfg: DictConfig, key: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(key, value, f"must be an integer >= {low}")
     return value
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler TorchInductor would use for CPU kernels, or None."""
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")
 
 
 def _boolean(cfg: DictConfig, key: str) -> bool:
@@ -101,6 +108,10 @@ def validate(cfg: DictConfig) -> None:
             and not torch.cuda.is_bf16_supported()):
         raise ConfigError("train.precision", "bf16", f"this GPU ({torch.cuda.get_device_name()}) has no bf16; "
                                                      "allowed here: fp32, or bf16 with train.device=cpu")
+    on_cpu = device == "cpu" or not torch.cuda.is_available()
+    if _boolean(cfg, "train.compile") and on_cpu and not cpp_compiler():
+        raise ConfigError("train.compile", True, "torch.compile on the CPU needs a C++ compiler (g++ or $CXX) "
+                                                 "and none was found; allowed here: false")
     _integer(cfg, "train.threads", 1)
     log_every = _integer(cfg, "train.log_every", 1)
     eval_every = _integer(cfg, "train.eval_every", 1)

@@ -39,6 +39,7 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["tasks.names=[]"], "tasks.names", "at least one task"),
     (["data.tokenizer=sentencepiece"], "data.tokenizer", "allowed: bytes, bpe"),
     (["train.precision=fp16"], "train.precision", "allowed: fp32, bf16"),
+    (["train.compile=maybe"], "train.compile", "allowed: true, false"),
     (["data.tokenizer=bpe", "data.vocab_size=100"], "data.vocab_size", ">= 257"),
     (["model.bigram_table=maybe"], "model.bigram_table", "allowed: true, false"),
     (["model.n_ctx=16"], "tasks.names", "needed"),  # the quick tasks' prompts cannot fit

@@ -80,3 +80,17 @@ def test_logging_timer_counts_nested_store_calls_once():
     assert timer.calls == 2 and timer.logged == {"a": 1.0}
     assert set(timer.by_method) == {"log_metrics", "flush"}
     assert np.isclose(sum(timer.by_method.values()), timer.seconds)
+
+
+@pytest.mark.slow  # compiles a model: tens of seconds on 2 cores
+def test_smoke_with_compile_measures_the_compiled_step_and_the_compile_time(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--compile", "--out", str(tmp_path)],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert set(r["compile_speedup"]) == {"32"}  # the smoke compiles the first width only
+    x = r["compile"][0]
+    assert x["compile_s_cold"] > 1 and 0 < x["compile_s_warm"] < x["compile_s_cold"]  # the cache was used
+    assert r["compile_job_saving_s"]["32"] == pytest.approx(
+        r["settings"]["real_job_steps"] * (x["eager_step_s"] - x["compiled_step_s"]) - x["compile_s_warm"])
+    assert "| d_model | eager step (ms) | compiled step (ms) |" in (tmp_path / "results.md").read_text()
