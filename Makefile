@@ -27,7 +27,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: help install sweep search reprune frontier methods task-losses bench test test-slow test-slurm test-postgres ui clean \
+.PHONY: help install sweep search reprune frontier methods task-losses bench gpu-check test test-slow test-slurm test-postgres ui clean \
 	docker-build docker-up docker-sweep docker-down
 
 help: ## list the targets
@@ -59,6 +59,9 @@ task-losses: $(INSTALLED) ## full-model loss of every task on every checkpoint o
 
 bench: $(INSTALLED) ## measure where a job's time goes (sparse/dense step, MFU, prune/train, logging, memory): bench/results.md
 	$(BIN)/python -m bench $(ARGS)
+
+gpu-check: $(INSTALLED) ## on a machine with a CUDA GPU (< 8 min): the bench on the GPU in fp32 and bf16, a 2-point paper-grid smoke; bench/gpu/results.md
+	$(BIN)/python -m bench.gpu $(ARGS)
 
 test: $(INSTALLED) ## run the tests, one worker per core, then the signal tests alone (about 10 minutes on 2 cores)
 	$(BIN)/python -m pytest -q -n $(or $(TEST_WORKERS),auto) -m "not slow and not slurm and not postgres and not serial" $(ARGS)

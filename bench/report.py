@@ -98,7 +98,7 @@ def derive(results: dict, real_steps: int) -> dict:
     return results
 
 
-def _fmt(value, spec: str, missing: str = "") -> str:
+def fmt(value, spec: str, missing: str = "") -> str:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
@@ -121,9 +121,9 @@ def table(r: dict) -> str:
         k, job = str(step["d_model"]), jobs.get(str(step["d_model"]), {})
         lines.append(
             f"| {k} | {step['total_params']:,} | {1e3 * step['dense_step_s']:.1f} | {1e3 * step['sparse_step_s']:.1f} "
-            f"| **{step['ratio']:.3f}** | **{step['mfu']:.1%}** | {_fmt(two.get(k, {}).get('mfu'), '.1%', '-')} "
-            f"| {_fmt(job.get('prune_train_ratio'), '.2f', '-')} | {_fmt(job.get('job_s_real'), '.0f', '-')} "
-            f"| {_fmt(job.get('peak_rss_mb'), '.0f', '-')} |")
+            f"| **{step['ratio']:.3f}** | **{step['mfu']:.1%}** | {fmt(two.get(k, {}).get('mfu'), '.1%', '-')} "
+            f"| {fmt(job.get('prune_train_ratio'), '.2f', '-')} | {fmt(job.get('job_s_real'), '.0f', '-')} "
+            f"| {fmt(job.get('peak_rss_mb'), '.0f', '-')} |")
     peak = r["matmul_peak_gflops"]
     lines += [
         "",
@@ -148,7 +148,7 @@ def table(r: dict) -> str:
                   "MFU fp32 | MFU bf16 | projection share (bf16 step) |", "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {x['d_model']} | {1e3 * x['fp32_step_s']:.1f} | {1e3 * x['bf16_step_s']:.1f} | "
                   f"**{x['bf16_speedup']:.2f}x** | {x['fp32_loss']:.3f} | {x['bf16_loss_delta']:+.3f} | "
-                  f"{x['mfu_fp32']:.1%} | {x['mfu_bf16']:.1%} | {_fmt(x.get('projection_share_bf16'), '.1%', '-')} |"
+                  f"{x['mfu_fp32']:.1%} | {x['mfu_bf16']:.1%} | {fmt(x.get('projection_share_bf16'), '.1%', '-')} |"
                   for x in r["precision"]]
     if r.get("compile"):
         lines += ["", f"torch.compile of the training forward (train.compile): sparse steps eager and compiled, "

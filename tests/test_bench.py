@@ -94,3 +94,30 @@ def test_smoke_with_compile_measures_the_compiled_step_and_the_compile_time(tmp_
     assert r["compile_job_saving_s"]["32"] == pytest.approx(
         r["settings"]["real_job_steps"] * (x["eager_step_s"] - x["compiled_step_s"]) - x["compile_s_warm"])
     assert "| d_model | eager step (ms) | compiled step (ms) |" in (tmp_path / "results.md").read_text()
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_2(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = subprocess.run([sys.executable, "-m", "bench.gpu", "--out", str(tmp_path)], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.strip().splitlines()
+                                                 if line.startswith("error: make gpu-check needs a CUDA GPU")]
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow  # the whole GPU check at toy sizes on the CPU: every line of it runs before a GPU does
+def test_gpu_check_runs_end_to_end_at_toy_sizes_on_the_cpu(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.gpu", "--device", "cpu", "--tiny", "--out", str(tmp_path)],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert [x["d_model"] for x in r["quick"]] == [32] and [x["d_model"] for x in r["paper"]] == [256]
+    for row in r["quick"] + r["paper"]:
+        assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("sparse_dense_ratio", "bf16_speedup", "mfu_bf16"))
+    smoke = r["smoke"]
+    assert smoke["returncode"] == 0 and len(smoke["jobs"]) == 2
+    assert {j["density"] for j in smoke["jobs"]} == {"1.0", "0.25"}
+    assert all(j["status"] == "FINISHED" and j["device"] == "cpu" for j in smoke["jobs"])
+    assert "Paper-grid smoke" in (tmp_path / "results.md").read_text()
