@@ -79,11 +79,14 @@ def measure(cfg, train, val, d_model: int, gpu, peaks: dict, tiny: bool) -> dict
     """Dense / sparse and fp32 / bf16 step times at one width, alternating blocks (ABBA), MFU of each."""
     rounds, block = (1, 1) if tiny else (4, 5)
     steps = step_times(cfg, train, d_model, DENSITY, rounds=rounds, block=block, threads=1, device=gpu)
+    steps_bf16 = step_times(cfg, train, d_model, DENSITY, rounds=rounds, block=block, threads=1, device=gpu,
+                            precision="bf16")
     precision = precision_times(cfg, train, val, d_model, DENSITY, rounds=rounds, block=block, device=gpu)
     flops = steps["flops_per_step"]
     row = {"d_model": d_model, "n_layer": cfg.model.n_layer, "n_ctx": cfg.model.n_ctx,
            "batch_size": cfg.train.batch_size, "dense_step_s": steps["dense_step_s"],
            "sparse_step_s": steps["sparse_step_s"], "sparse_dense_ratio": steps["ratio"],
+           "sparse_dense_ratio_bf16": steps_bf16["ratio"],
            "bf16_step_s": precision["bf16_step_s"], "bf16_speedup": precision["bf16_speedup"],
            "bf16_loss_delta": precision["bf16_loss_delta"],
            "mfu_fp32": flops / steps["sparse_step_s"] / (peaks["fp32"] * 1e9),
@@ -122,12 +125,13 @@ def table(r: dict) -> str:
              f"(torch.mm {r['matmul_n']}^2) fp32 {peak['fp32'] / 1e3:.1f}, bf16 {peak['bf16'] / 1e3:.1f} TFLOP/s; sparse = "
              f"density {DENSITY}; took {r['wall_s']:.0f} s.", "",
              "| grid | d_model | layers x n_ctx x batch | dense step (ms) | sparse step (ms) | sparse / dense | "
-             "bf16 step (ms) | bf16 speed-up | loss bf16 - fp32 | MFU fp32 | MFU bf16 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "bf16 step (ms) | bf16 speed-up | sparse / dense bf16 | loss bf16 - fp32 | MFU fp32 | MFU bf16 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for grid in ("quick", "paper"):
         lines += [f"| {grid} | {x['d_model']} | {x['n_layer']} x {x['n_ctx']} x {x['batch_size']} | "
                   f"{1e3 * x['dense_step_s']:.2f} | {1e3 * x['sparse_step_s']:.2f} | {x['sparse_dense_ratio']:.3f} | "
-                  f"{1e3 * x['bf16_step_s']:.2f} | {x['bf16_speedup']:.2f}x | {x['bf16_loss_delta']:+.3f} | "
+                  f"{1e3 * x['bf16_step_s']:.2f} | {x['bf16_speedup']:.2f}x | {x['sparse_dense_ratio_bf16']:.3f} | "
+                  f"{x['bf16_loss_delta']:+.3f} | "
                   f"{x['mfu_fp32']:.1%} | {x['mfu_bf16']:.1%} |" for x in r[grid]]
     s = r["smoke"]
     lines += ["", f"Paper-grid smoke (`{s['command']}`): exit {s['returncode']}, {s['wall_s']:.0f} s", "",

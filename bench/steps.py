@@ -110,13 +110,13 @@ def alternate(trainers: dict[str, Trainer], generators: dict, rounds: int, block
 
 
 def step_times(cfg, tokens: torch.Tensor, d_model: int, density: float, rounds: int, block: int,
-               threads: int, device: torch.device) -> dict:
+               threads: int, device: torch.device, precision: str = "fp32") -> dict:
     """Step time (median over blocks) of dense (density 1) and sparse training of the same model,
     measured in alternating blocks (ABBA order, so drift cancels), and the median of their paired ratios. The sparse run follows the whole density
     schedule (dense, anneal, target) over its timed steps, as a job does over its training."""
     torch.set_num_threads(threads)
     measured = 2 * rounds * block
-    dense, sparse = (make_trainer(cfg, d_model, d, measured, device) for d in (1.0, density))
+    dense, sparse = (make_trainer(cfg, d_model, d, measured, device, precision) for d in (1.0, density))
     generator = torch.Generator().manual_seed(cfg.seed)
     for trainer in (dense, sparse):  # warm-up (allocator, kernels), then restart the schedule
         timed_block(trainer, 3, tokens, generator, cfg, device)

@@ -115,7 +115,8 @@ def test_gpu_check_runs_end_to_end_at_toy_sizes_on_the_cpu(tmp_path):
     r = json.loads((tmp_path / "results.json").read_text())
     assert [x["d_model"] for x in r["quick"]] == [32] and [x["d_model"] for x in r["paper"]] == [256]
     for row in r["quick"] + r["paper"]:
-        assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("sparse_dense_ratio", "bf16_speedup", "mfu_bf16"))
+        for key in ("sparse_dense_ratio", "sparse_dense_ratio_bf16", "bf16_speedup", "mfu_bf16"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
     smoke = r["smoke"]
     assert smoke["returncode"] == 0 and len(smoke["jobs"]) == 2
     assert {j["density"] for j in smoke["jobs"]} == {"1.0", "0.25"}
