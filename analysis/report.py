@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, latex, load
+from analysis import figures, findings, latex, load
 from analysis.collapse import COLLAPSE, CollapseRule, label_points
 from analysis.frontier import (HV_REFERENCE, aggregate_points, assign_points, common_tasks, frontier_table,
                                hypervolume_table, run_edges, task_points)
 
 ARTIFACT_DIR = "frontier"  # in the parent run's artifacts
+FINDINGS_CSV = "findings.csv"
+FINDINGS_MD = "findings.md"  # the README's findings section
 FRONTIER_COLUMNS = ["scope", "point", "width", "d_model", "density", "n_seeds", "seeds", "val_loss", "val_loss_ci",
                     "edges", "edges_low", "edges_high", "n_circuit", "nodes", "solved_frac", "nonzero_params",
                     "regime", "rule"]
@@ -40,6 +43,7 @@ class Result:
     points: pd.DataFrame
     frontier: pd.DataFrame
     hypervolumes: pd.DataFrame
+    findings: pd.DataFrame
     notes: list[str]
     parent_run_id: str | None = None
     artifact_uri: str | None = None
@@ -93,18 +97,22 @@ def analyse(options: Options) -> Result:
         notes.append("no circuit metrics in these runs (pruning disabled, or older runs): no frontier, only capability")
     frontier = frontier_table(points)
     hypervolumes = hypervolume_table(points, options.hv_reference)
+    stated = findings.findings_table(runs, edges, points)
 
     files = [out / load.RUNS_CSV, out / load.TASKS_CSV]
     for name, table in (("points.csv", points), ("frontier.csv", frontier[FRONTIER_COLUMNS]),
-                        ("hypervolume.csv", hypervolumes)):
+                        ("hypervolume.csv", hypervolumes), (FINDINGS_CSV, stated)):
         table.to_csv(out / name, index=False)
         files.append(out / name)
     (out / "frontier.tex").write_text(latex.frontier_tex(frontier, hypervolumes, common_note))
-    files.append(out / "frontier.tex")
+    source = (f"experiment `{options.experiment}`" if options.from_csv is None else f"`{options.from_csv}`") + \
+        f", {len(runs)} runs, {time.strftime('%Y-%m-%d')}"
+    (out / FINDINGS_MD).write_text(findings.markdown(stated, source))
+    files += [out / "frontier.tex", out / FINDINGS_MD]
     if options.figures:
         files += figures.write_all(points, per_task, options.rule, out, edges_label, common_note)
 
-    result = Result(files, points, frontier, hypervolumes, notes, parent_run_id)
+    result = Result(files, points, frontier, hypervolumes, stated, notes, parent_run_id)
     if options.log and client is not None and parent_run_id is not None:
         for path in files:
             client.log_artifact(parent_run_id, str(path), ARTIFACT_DIR)
@@ -129,6 +137,8 @@ def summary(result: Result, rule: CollapseRule) -> str:
     collapsed = points[points["regime"] == COLLAPSE]
     lines.append(f"collapse: {len(collapsed)} of {len(points)} points" + "".join(
         f"\n  {p['point']:<14} {p['rule']}" for _, p in collapsed.iterrows()))
+    lines.append(f"findings ({FINDINGS_CSV}; verdicts: holds, does not hold, undecided at this size):")
+    lines += findings.describe(result.findings)
     out = result.files[0].parent
     shown = ", ".join(p.name for p in result.files if p.name.startswith("frontier."))
     lines.append(f"wrote {len(result.files)} files to {out.resolve()}/ ({shown}, ...)")

@@ -287,7 +287,7 @@ def test_a_real_tiny_sweep(sweep, tmp_path):
            "--out", str(out)]
     analysed = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert analysed.returncode == 0, analysed.stderr[-3000:]
-    assert f"wrote 14 files to {out}" in analysed.stdout and "logged them to parent run" in analysed.stdout
+    assert f"wrote 16 files to {out}" in analysed.stdout and "logged them to parent run" in analysed.stdout  # + findings.csv, .md
 
     runs, tasks = pd.read_csv(out / "runs.csv"), pd.read_csv(out / "tasks.csv")
     assert sorted(zip(runs["model.width_mult"], runs["sparsity.density"])) == [(1, 0.5), (1, 1), (2, 0.5), (2, 1)]
@@ -325,3 +325,47 @@ def test_runs_of_two_tokenizers_are_compared_per_byte(tmp_path):
     assert runs.loc["bpe", names.CAPABILITY_BIGRAM] == pytest.approx(2.0 * math.log(2))
     assert runs[names.CAPABILITY_VAL_LOSS].min() == pytest.approx(1.5 * math.log(2))
     assert pd.read_csv(tmp_path / "out" / "runs.csv")[names.CAPABILITY_VAL_LOSS].max() == pytest.approx(2.0)
+
+
+def test_findings_are_stated_with_the_verdict_the_numbers_support(tmp_path, capsys):
+    """A store built so that every finding's answer is known: x1 circuits shrink with density (holds),
+    x4 circuits grow (does not hold), x8 has too few runs (undecided); x2 at density 0.25 holds x1 at 0.5's
+    nonzero count with lower loss and half the edges over three seeds each (holds, both), x8 at 0.125
+    matches x2 at 0.5 with one seed each (undecided); x1 collapses at 0.25 by its loss, x2 never."""
+    store = Store(tmp_path)
+    parent = store.parent()
+    ladder = {(1, 1): ([1.8, 1.82, 1.81], [4000, 4200, 3900]), (1, 0.5): ([2.0, 2.02, 2.01], [1000, 1100, 950]),
+              (1, 0.25): ([2.45, 2.46, 2.47], [300, 320, 280]),
+              (2, 1): ([1.7, 1.71, 1.72], [3000, 3100, 2900]), (2, 0.5): ([1.75, 1.76, 1.74], [900, 950, 1000]),
+              (2, 0.25): ([1.80, 1.82, 1.81], [500, 520, 480]),
+              (4, 1): ([1.6, 1.61, 1.62], [100, 110, 105]), (4, 0.5): ([1.65, 1.66, 1.64], [1000, 1100, 1050]),
+              (4, 0.25): ([1.7, 1.71, 1.72], [3000, 3100, 3050])}
+    for (width, density), (losses, edges) in ladder.items():
+        for seed, (loss, e) in enumerate(zip(losses, edges)):
+            store.job(parent, width, density, seed=seed, loss=loss, tasks={"a": e, "b": e})
+    store.job(parent, 8, 0.125, loss=1.7, tasks={"a": 700, "b": 700})
+    store.job(parent, 8, 1, loss=1.5, tasks={"a": 9000, "b": 9000})
+    assert analyse(store, tmp_path / "out") == 0
+    f = pd.read_csv(tmp_path / "out" / "findings.csv")
+    verdict = {(r.finding, r.scope, r.statistic): r.verdict for r in f.itertuples()}
+    assert verdict["edges_fall_with_density", "x1", "spearman_rho"] == "holds"
+    assert verdict["edges_fall_with_density", "x4", "spearman_rho"] == "does not hold"
+    assert verdict["edges_fall_with_density", "x8", "spearman_rho"] == "undecided at this size"  # 2 runs
+    assert verdict["wider_at_fixed_nonzeros", "x2 d0.25 vs x1 d0.5", "loss_difference"] == "holds"
+    assert verdict["wider_at_fixed_nonzeros", "x2 d0.25 vs x1 d0.5", "edges_ratio"] == "holds"
+    assert verdict["wider_at_fixed_nonzeros", "x8 d0.125 vs x2 d0.5", "loss_difference"] == "undecided at this size"
+    assert verdict["collapse_onset", "x1", "density"] == "holds"
+    assert verdict["collapse_onset", "x2", "density"] == "does not hold"
+    row = f[(f.scope == "x2 d0.25 vs x1 d0.5") & (f.statistic == "loss_difference")].iloc[0]
+    assert row.value == pytest.approx(-0.2) and row.low < -0.2 < row.high < 0 and row.n == 6
+    edges = f[(f.scope == "x2 d0.25 vs x1 d0.5") & (f.statistic == "edges_ratio")].iloc[0]
+    assert edges.value == pytest.approx(math.exp(math.log(500 * 520 * 480) / 3 - math.log(1000 * 1100 * 950) / 3))
+    onset = f[(f.finding == "collapse_onset") & (f.scope == "x1")].iloc[0]
+    assert onset.value == 0.25 and "near_reference" in onset.detail
+    rho = f[(f.finding == "edges_fall_with_density") & (f.scope == "x1")].iloc[0]
+    assert rho.n == 9 and 0.9 < rho.value <= 1 and rho.p_value < 0.05
+    printed = capsys.readouterr().out
+    assert "findings (findings.csv" in printed and "edges_fall_with_density x4: does not hold" in printed
+    md = (tmp_path / "out" / "findings.md").read_text()  # the README's section, from the same table
+    assert "| x2 d0.25 vs x1 d0.5 | **holds** | loss_difference | -0.2 |" in md
+    assert "| x2 | **does not hold** | density | - |" in md and "experiment `frontier`, 29 runs" in md
