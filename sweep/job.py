@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -140,6 +141,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slo
             names.CAPABILITY_BIGRAM: corpus.bigram_loss,
             names.CAPABILITY_UNIGRAM_BPB: corpus.per_byte(corpus.unigram_loss),
             names.CAPABILITY_BIGRAM_BPB: corpus.per_byte(corpus.bigram_loss),
+            names.CAPABILITY_BYTE_BIGRAM_BPB: corpus.byte_bigram_loss / math.log(2),
             names.MODEL_TOTAL_PARAMS: total,
             names.MODEL_NONZERO_PARAMS: nonzero,
             names.TIME_TRAIN: result.train_s,

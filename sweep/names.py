@@ -50,6 +50,7 @@ CAPABILITY_UNIGRAM = "capability/unigram_loss"
 CAPABILITY_BIGRAM = "capability/bigram_loss"
 CAPABILITY_UNIGRAM_BPB = "capability/unigram_bits_per_byte"  # the reference losses per byte of validation text
 CAPABILITY_BIGRAM_BPB = "capability/bigram_bits_per_byte"
+CAPABILITY_BYTE_BIGRAM_BPB = "capability/byte_bigram_bits_per_byte"  # the text's byte bigram, any tokenizer: the collapse reference
 DATA_TRAIN_EPOCHS = "data/train_epochs"  # passes over the training split: steps x batch x n_ctx / its tokens
 MODEL_TOTAL_PARAMS = "model/total_params"
 MODEL_NONZERO_PARAMS = "model/nonzero_params"
@@ -93,6 +94,7 @@ TRAINING_SUMMARY_METRICS = (
     CAPABILITY_BIGRAM,
     CAPABILITY_UNIGRAM_BPB,
     CAPABILITY_BIGRAM_BPB,
+    CAPABILITY_BYTE_BIGRAM_BPB,
     MODEL_TOTAL_PARAMS,
     MODEL_NONZERO_PARAMS,
     TIME_TRAIN,

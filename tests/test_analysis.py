@@ -316,14 +316,21 @@ def test_runs_of_two_tokenizers_are_compared_per_byte(tmp_path):
     store = Store(tmp_path / "store")
     parent = store.parent()
     store.job(parent, 1, 1, loss=2.0, tasks={"a": 100}, extra={names.CAPABILITY_BITS_PER_BYTE: 2.0 / math.log(2)})
+    # the BPE's own bigram entropy (1.2 bits/byte, in-sample over V^2 cells) is below the model's 1.5:
+    # as the collapse reference it would call every BPE model collapsed; the text's byte bigram is the reference
     store.job(parent, 1, 1, loss=3.0, tasks={"a": 100}, params={"data.tokenizer": "bpe"},  # nats per token
-              extra={names.CAPABILITY_BITS_PER_BYTE: 1.5, names.CAPABILITY_BIGRAM_BPB: 2.0,
-                     names.CAPABILITY_UNIGRAM_BPB: 3.0}, config_hash="bpe")
+              extra={names.CAPABILITY_BITS_PER_BYTE: 1.5, names.CAPABILITY_BIGRAM_BPB: 1.2,
+                     names.CAPABILITY_UNIGRAM_BPB: 3.0, names.CAPABILITY_BYTE_BIGRAM_BPB: 3.4}, config_hash="bpe")
+    store.job(parent, 2, 1, loss=3.0, tasks={"a": 100}, params={"data.tokenizer": "bpe"},  # from before the metric
+              extra={names.CAPABILITY_BITS_PER_BYTE: 1.5, names.CAPABILITY_BIGRAM_BPB: 1.2}, config_hash="bpe-old")
     assert analyse(store, tmp_path / "out", "--no-log", "--no-figures") == 0
-    runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("data.tokenizer", drop=False)
-    assert runs.loc["bpe", names.CAPABILITY_VAL_LOSS] == pytest.approx(1.5 * math.log(2))  # nats per byte
-    assert runs.loc["bpe", names.CAPABILITY_BIGRAM] == pytest.approx(2.0 * math.log(2))
-    assert runs[names.CAPABILITY_VAL_LOSS].min() == pytest.approx(1.5 * math.log(2))
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index(["data.tokenizer", "model.width_mult"], drop=False)
+    assert runs.loc[("bpe", 1), names.CAPABILITY_VAL_LOSS] == pytest.approx(1.5 * math.log(2))  # nats per byte
+    assert runs.loc[("bpe", 1), names.CAPABILITY_BIGRAM] == pytest.approx(3.4 * math.log(2))
+    assert math.isnan(runs.loc[("bpe", 2), names.CAPABILITY_BIGRAM])  # no byte bigram logged: no reference
+    points = points_by_label(tmp_path / "out")
+    assert (points.loc[["x1 d1 tokenizer=bpe", "x2 d1 tokenizer=bpe"], "regime"] == "normal").all()
+    assert runs[names.CAPABILITY_VAL_LOSS].min() == pytest.approx(1.5 * math.log(2))  # bytes: 2.0 nats/byte
     assert pd.read_csv(tmp_path / "out" / "runs.csv")[names.CAPABILITY_VAL_LOSS].max() == pytest.approx(2.0)
 
 

@@ -73,6 +73,11 @@ def test_bits_per_byte_are_nats_over_bytes_by_hand(tmp_path):
     assert corpus.per_byte(nats.mean().item(), targets) == pytest.approx(by_hand, rel=1e-3)
     bytes_corpus = load_corpus(data_cfg(tmp_path, tokenizer="bytes"), tmp_path)
     assert bytes_corpus.per_byte(1.0) == pytest.approx(1 / math.log(2))  # bytes: nats / ln 2
+    # the collapse reference is the text's byte bigram, the same number under either tokenizer
+    assert corpus.byte_bigram_loss == pytest.approx(bytes_corpus.bigram_loss)
+    assert bytes_corpus.byte_bigram_loss == pytest.approx(bytes_corpus.bigram_loss)
+    again = load_corpus(data_cfg(tmp_path), tmp_path)  # from the cache
+    assert again.byte_bigram_loss == corpus.byte_bigram_loss
 
 
 def test_answers_must_be_single_distinct_tokens_of_the_tokenizer():
@@ -98,6 +103,8 @@ def test_a_bpe_job_logs_its_tokenizer_and_bits_per_byte(sweep, tmp_path):
     metrics = run.data.metrics
     assert metrics[names.CAPABILITY_BITS_PER_BYTE] < metrics[names.CAPABILITY_VAL_LOSS] / math.log(2)
     assert metrics[names.CAPABILITY_BIGRAM_BPB] < metrics[names.CAPABILITY_BIGRAM] / math.log(2)
+    bytes_bigram = load_corpus(data_cfg(sweep.tmp / "cache", tokenizer="bytes"), sweep.tmp / "cache").bigram_loss
+    assert metrics[names.CAPABILITY_BYTE_BIGRAM_BPB] == pytest.approx(bytes_bigram / math.log(2))
     assert names.circuit_metric("else_elif", "cue_distance") in metrics
     p = run.data.params
     corpus = load_corpus(data_cfg(sweep.tmp / "cache", vocab_size=300), sweep.tmp / "cache")  # the job's, from its cache
