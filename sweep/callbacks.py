@@ -178,7 +178,7 @@ class SweepCallback(Callback):
         summary, failed = self._summary()
         tracking.end_parent_run(config.tracking, self.parent_run_id, failed, summary)
         _, experiment_id = tracking.ensure_experiment(config.tracking)
-        uri = str(config.tracking.uri)
+        uri = tracking.redact_uri(config.tracking.uri)
         where = uri.rstrip("/") if tracking.is_server(uri) else "make ui, then http://127.0.0.1:5000"
         print(f"\n{summary}\n\nsweep: {config.hydra.sweep.dir}\nparent run: {self.parent_run_id}\n"
               f"open the runs: {where}/#/experiments/{experiment_id}/runs")

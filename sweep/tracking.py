@@ -9,6 +9,7 @@ import re
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -38,16 +39,45 @@ def is_server(uri: str) -> bool:
     return str(uri).startswith(("http://", "https://"))
 
 
+REDACTED = "***"
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced by ***: what is logged, stored and printed of tracking.uri."""
+    parts = urllib.parse.urlsplit(str(uri))
+    if parts.password is None:
+        return str(uri)
+    user = urllib.parse.quote(parts.username or "", safe="")
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
+
+
+def redacted(cfg: DictConfig) -> DictConfig:
+    """A copy of a job's config whose tracking.uri carries no password (for params and config.yaml)."""
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    copy.tracking.uri = redact_uri(copy.tracking.uri)
+    return copy
+
+
+def check_experiment_name(name) -> None:
+    """An experiment name is a name, never a path: it becomes a folder of the artifact store."""
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\") or name in (".", ".."):
+        raise ConfigError("tracking.experiment", name, "allowed: a non-empty name without / or \\")
+
+
 def check_tracking(tracking_cfg) -> None:
     """A local store's directory must exist or be creatable, and be writable (probed for real); a tracking
-    server must answer and its database work (probed once per URI and process)."""
+    server must answer and its database work (probed once per URI and process); the experiment's name
+    must be a name. Messages show the URI without its password."""
+    check_experiment_name(tracking_cfg.experiment)
     uri = tracking_cfg.uri
+    shown = redact_uri(uri)
     db = sqlite_path(uri)
     if db is None:
         if is_server(uri):
             check_server(uri)
         elif not uri.startswith(("postgresql://", "mysql://")):
-            raise ConfigError("tracking.uri", uri, "allowed: an absolute sqlite:///<path>.db, or an http(s) or SQL server URI")
+            raise ConfigError("tracking.uri", shown, "allowed: an absolute sqlite:///<path>.db, or an http(s) or SQL server URI")
         return
     if not db.is_absolute():
         raise ConfigError("tracking.uri", uri, "a SQLite store must be an absolute path (sqlite:////abs/path/mlflow.db)")
@@ -65,7 +95,7 @@ def check_server(uri: str) -> None:
     if uri not in _server_problems:
         _server_problems[uri] = _probe_server(uri)
     if problem := _server_problems[uri]:
-        raise ConfigError("tracking.uri", uri, problem)
+        raise ConfigError("tracking.uri", redact_uri(uri), problem)
 
 
 def _probe_server(uri: str) -> str | None:
@@ -246,10 +276,11 @@ class JobRun:
         self.flush_every = cfg.tracking.flush_every
         self._pending: list[Metric] = []
         try:  # a signal can arrive while the run is being set up: it must not stay RUNNING
-            params = [Param(k, str(v)) for k, v in flatten(cfg).items()]
+            shown = redacted(cfg)  # no password of tracking.uri in params or artifacts
+            params = [Param(k, str(v)) for k, v in flatten(shown).items()]
             for i in range(0, len(params), MLFLOW_PARAM_BATCH_LIMIT):
                 self.client.log_batch(self.run_id, params=params[i:i + MLFLOW_PARAM_BATCH_LIMIT])
-            self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), names.ARTIFACT_CONFIG)
+            self.client.log_text(self.run_id, OmegaConf.to_yaml(shown), names.ARTIFACT_CONFIG)
         except BaseException as e:
             self.end(f"failed: {type(e).__name__}: {e}"[:500])
             raise

@@ -43,6 +43,11 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["data.tokenizer=bpe", "data.vocab_size=100"], "data.vocab_size", ">= 257"),
     (["model.bigram_table=maybe"], "model.bigram_table", "allowed: true, false"),
     (["model.n_ctx=16"], "tasks.names", "needed"),  # the quick tasks' prompts cannot fit
+    (["seed=abc"], "seed", "integer >= 0"),
+    (["seed=-1"], "seed", "integer >= 0"),
+    (["tracking.experiment=../../escape"], "tracking.experiment", "without / or"),
+    (["tracking.experiment=''"], "tracking.experiment", "non-empty name"),
+    (["tracking.experiment=a\\b"], "tracking.experiment", "without / or"),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,26 @@ def test_server_accepts_the_sweep_service_and_configured_names_only(stack):
     assert status_for_host(server, f"127.0.0.1:{server.port}") == 200
     assert status_for_host(server, EXTRA_HOST) == 200
     assert status_for_host(server, "attacker.example:5000") == 403
+
+
+def test_a_password_in_the_tracking_uri_is_never_stored_or_printed(stack, tmp_path):
+    """tracking.uri straight to the database, with its password: the job connects with it, but params,
+    config.yaml and the console show `***` (and so does an error naming the URI)."""
+    postgres, _ = stack
+    host = f"127.0.0.1:{postgres.port}/{postgres.database}"
+    sweep = server_sweep(tmp_path, f"postgresql://{postgres.user}:{postgres.password}@{host}")
+    experiment = sweep.client.create_experiment("secrets", artifact_location=(tmp_path / "artifacts").as_uri())
+    result = sweep.run("sparsity.density=1", "tracking.experiment=secrets")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert postgres.password not in result.stdout + result.stderr
+    (job,) = sweep.client.search_runs([experiment])
+    assert job.data.params["tracking.uri"] == f"postgresql://{postgres.user}:***@{host}"
+    assert all(postgres.password not in value for value in [*job.data.params.values(), *job.data.tags.values()])
+    config = Path(sweep.client.download_artifacts(job.info.run_id, names.ARTIFACT_CONFIG, str(tmp_path))).read_text()
+    assert f"postgresql://{postgres.user}:***@{host}" in config and postgres.password not in config
+
+    wrong = Sweep(tmp_path / "wrong")
+    wrong.uri = f"http://{postgres.user}:{postgres.password}@127.0.0.1:{free_port()}"  # nothing listens there
+    result = wrong.run("sparsity.density=1", multirun=True)
+    assert result.returncode == 2 and f"http://{postgres.user}:***@127.0.0.1" in result.stderr
+    assert postgres.password not in result.stdout + result.stderr
