@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from sweep import lifecycle, names
 from sweep.collapse import collapse_metrics
 from sweep.data import eval_windows, load_corpus, vocab_size
+from sweep.errors import ConfigError
 from sweep.model import GPT, ModelShape
 from sweep.points import point_label
 from sweep.prune_stage import check_tasks, run_pruning
@@ -112,6 +113,10 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slo
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.train.device, slot)
     corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
+    if len(corpus.val) < cfg.model.n_ctx + 1:  # no evaluation window would fit: still before the run
+        raise ConfigError("data.val_frac", cfg.data.val_frac,
+                          f"the validation split holds {len(corpus.val)} tokens, fewer than model.n_ctx + 1 = "
+                          f"{cfg.model.n_ctx + 1}; allowed: a larger data.val_frac or data.source, or a smaller model.n_ctx")
     if cfg.prune.enabled and corpus.tokenizer is not BYTES:
         check_tasks(cfg, corpus.tokenizer)  # answers must be single tokens of this BPE: still before the run
     label = point_label(cfg, overrides)

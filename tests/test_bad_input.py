@@ -133,3 +133,19 @@ def test_a_failed_start_up_stops_the_multirun(sweep, fault):
     assert len(errors) == 1, result.stderr[-3000:]
     assert not list(sweep.tmp.glob(f"multirun/*/{names.RESULT_FILE}")), "a job ran"
     assert store_digest(sweep) == before
+
+
+def test_a_validation_split_shorter_than_the_context_is_bad_input(sweep, tmp_path):
+    """Only tiny files land in the validation split: one line naming data.val_frac, before any run."""
+    from sweep.data import is_validation
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        name = f"m{i}.py"
+        tiny = is_validation(name, 0, 0.2)
+        (corpus / name).write_text("x\n" if tiny else "def f(a, b):\n    return a + b\n" * 200)
+    result = sweep.run(f"data.source={corpus}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data.val_frac" in errors[0] and "fewer than model.n_ctx + 1" in errors[0], errors
+    assert "Traceback" not in result.stderr and not sweep.db.exists()
