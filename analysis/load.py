@@ -34,6 +34,8 @@ TOKENIZER_PARAM = "data.tokenizer"
 WHERE_PARAMS = ("tracking.", "train.device", "train.threads", "data.cache_dir", "tasks.template_dir")
 
 STAGES = ("train", "prune")
+STORE_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql",
+                 *(f"{db}+{driver}" for db in ("postgresql", "mysql", "mssql") for driver in ("psycopg", "psycopg2", "pymysql", "pyodbc")))
 DEFAULT_URI = f"sqlite:///{Path(__file__).resolve().parent.parent / 'mlflow.db'}"  # conf/tracking/sqlite.yaml
 RUNS_CSV, TASKS_CSV = "runs.csv", "tasks.csv"
 TASK_COLUMNS = ("run_id", WIDTH, DENSITY, SEED, "task", *names.CIRCUIT_PER_TASK)
@@ -53,7 +55,12 @@ class Selection:
 
 
 def open_client(uri: str) -> MlflowClient:
-    """A client for an existing store: a missing SQLite file or an unreachable server is an AnalysisError."""
+    """A client for an existing store: a missing SQLite file, an unreachable server or a scheme MLflow
+    cannot read is an AnalysisError."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme not in STORE_SCHEMES:
+        raise AnalysisError(f"--tracking-uri {uri}: not a tracking URI; allowed: sqlite:///<file>, http(s)://host:port, "
+                            "or a SQL database URI (postgresql://, mysql://, mssql://)")
     db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
     if db is not None and not db.is_file():
         # MLflow would create an empty store here; a typo in the path should not leave one behind.

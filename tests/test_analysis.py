@@ -250,6 +250,8 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert main(["frontier", "--experiment", "frontier", "--tracking-uri", f"sqlite:///{missing}", "--out", out]) == 2
     assert f"no MLflow store at {missing}" in capsys.readouterr().err and not missing.exists()
+    assert main(["frontier", "--experiment", "frontier", "--tracking-uri", "garbage://x", "--out", out]) == 2
+    assert "--tracking-uri garbage://x: not a tracking URI; allowed: sqlite:///" in capsys.readouterr().err
 
     store = Store(tmp_path)
     assert analyse(store, tmp_path / "out", "--experiment", "nope") == 2
