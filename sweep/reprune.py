@@ -96,7 +96,11 @@ def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_URI, 
         torch.set_num_threads(cfg.train.threads)
         device = resolve_device(cfg.train.device)
         model = build_model(cfg)
-        model.load_state_dict(torch.load(checkpoint, weights_only=True))
+        try:  # a corrupt file, or weights that do not fit the model its config.yaml describes
+            model.load_state_dict(torch.load(checkpoint, weights_only=True))
+        except Exception as e:  # noqa: BLE001 - any failure to load is the checkpoint's
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ConfigError("RUN", run_id, f"its checkpoint cannot be loaded ({type(e).__name__}: {reason})") from None
         model.to(device)
     corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
 
@@ -109,8 +113,10 @@ def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_URI, 
     return run.run_id
 
 
-def reprune_experiment(experiment: str, overrides: list[str], tracking_uri: str = DEFAULT_URI) -> list[str]:
-    """Re-prune every finished training run of `experiment`; returns the new runs' ids."""
+def reprune_experiment(experiment: str, overrides: list[str],
+                       tracking_uri: str = DEFAULT_URI) -> tuple[list[str], list[tuple[str, str]]]:
+    """Re-prune every finished training run of `experiment`: the new runs' ids, and (run id, reason) of
+    the runs that could not be (a bad checkpoint), which do not stop the others."""
     check_overrides(overrides)
     client = open_store(tracking_uri)
     found = client.get_experiment_by_name(experiment)
@@ -134,18 +140,23 @@ def reprune_experiment(experiment: str, overrides: list[str], tracking_uri: str 
     print(f"re-pruning {len(todo)} of {len(trained)} training runs of '{experiment}' "
           f"({len(trained) - len(todo)} already have a finished run with these settings)")
     if not todo:
-        return []
+        return [], []
     parent = start_parent_run(tracking_cfg, run_name=f"reprune {' '.join(overrides)} {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    new_runs, failed = [], False
+    new_runs, bad, failed = [], [], False
     try:
         for run in tqdm(todo, desc="re-prune", unit="run"):
-            new_runs.append(reprune(run.info.run_id, overrides, tracking_uri, parent))
+            try:
+                new_runs.append(reprune(run.info.run_id, overrides, tracking_uri, parent))
+            except ConfigError as e:  # this run's checkpoint: list it, go on with the others
+                bad.append((run.info.run_id, str(e)))
     except BaseException:
         failed = True
         raise
     finally:
-        end_parent_run(tracking_cfg, parent, failed, f"re-pruned {len(new_runs)} of {len(todo)} runs: {' '.join(overrides)}")
-    return new_runs
+        summary = f"re-pruned {len(new_runs)} of {len(todo)} runs: {' '.join(overrides)}" + "".join(
+            f"\nnot re-pruned: {reason}" for _, reason in bad)
+        end_parent_run(tracking_cfg, parent, failed or bool(bad), summary)
+    return new_runs, bad
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,8 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [a for a in rest if not a.startswith("tracking.uri=")]
     try:
         if experiment:
-            new_runs = reprune_experiment(experiment, overrides, uri)
+            new_runs, bad = reprune_experiment(experiment, overrides, uri)
             print(f"re-pruned {len(new_runs)} runs of '{experiment}'")
+            if bad:
+                print(f"not re-pruned: {len(bad)} runs\n" + "\n".join(f"  {reason}" for _, reason in bad), file=sys.stderr)
+                sys.exit(1)
         else:
             print(f"re-pruned {args[0]} as run {reprune(args[0], overrides, uri)}")
     except ConfigError as e:

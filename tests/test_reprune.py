@@ -138,3 +138,21 @@ def test_task_loss_table_of_an_experiment(trained):
     missing = subprocess.run([*cmd[:3], "--experiment", "nope", *cmd[3:]], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode == 2 and "--experiment='nope'" in missing.stderr
+
+
+def test_reprune_of_an_experiment_goes_past_a_bad_checkpoint_and_lists_it(sweep):
+    result = sweep.run("sparsity.density=1,0.5", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
+    broken, good = sorted(jobs, key=lambda r: r.data.params["sparsity.density"])
+    checkpoint = sweep.client.download_artifacts(broken.info.run_id, names.ARTIFACT_CHECKPOINT, str(sweep.tmp))
+    local = next((sweep.tmp / "mlartifacts").rglob(f"{broken.info.run_id}/artifacts/{names.ARTIFACT_CHECKPOINT}"))
+    local.write_bytes(b"not a checkpoint" + open(checkpoint, "rb").read()[:100])  # garbage where the weights were
+    result = reprune(sweep, "--experiment", "frontier", "prune.ablation=zero", "tasks.names=[else_elif]")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "re-pruned 1 runs of 'frontier'" in result.stdout
+    assert f"RUN='{broken.info.run_id}'" in result.stderr and "checkpoint cannot be loaded" in result.stderr
+    (new,) = [r for r in sweep.runs() if r.data.tags.get(names.TAG_STAGE) == "prune"]
+    assert new.data.tags[names.TAG_TRAIN_RUN] == good.info.run_id and new.info.status == "FINISHED"
+    result = reprune(sweep, broken.info.run_id, "prune.ablation=zero")  # the run alone: bad input
+    assert result.returncode == 2 and "checkpoint cannot be loaded" in result.stderr and "Traceback" not in result.stderr
