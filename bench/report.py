@@ -98,6 +98,12 @@ def derive(results: dict, real_steps: int) -> dict:
     return results
 
 
+def markdown_table(columns: list[str], rows: list[list]) -> list[str]:
+    """The lines of a markdown table."""
+    return [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}",
+            *(f"| {' | '.join(str(cell) for cell in row)} |" for row in rows)]
+
+
 def fmt(value, spec: str, missing: str = "") -> str:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
@@ -143,23 +149,24 @@ def table(r: dict) -> str:
         lines += ["", f"Precision: sparse steps in fp32 and under bf16 autocast, alternating blocks, the same model, "
                   f"seed and batches; MFU against this run's one-thread matmul peaks, fp32 {peak['1']:.1f} and bf16 "
                   f"{r['matmul_peak_gflops_bf16']['1']:.1f} GFLOP/s (MFU bf16: over the higher of the two); loss on 256 "
-                  f"held-out windows after the timed steps:", "",
-                  "| d_model | fp32 step (ms) | bf16 step (ms) | bf16 speed-up | loss fp32 | loss bf16 - fp32 | "
-                  "MFU fp32 | MFU bf16 | projection share (bf16 step) |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {x['d_model']} | {1e3 * x['fp32_step_s']:.1f} | {1e3 * x['bf16_step_s']:.1f} | "
-                  f"**{x['bf16_speedup']:.2f}x** | {x['fp32_loss']:.3f} | {x['bf16_loss_delta']:+.3f} | "
-                  f"{x['mfu_fp32']:.1%} | {x['mfu_bf16']:.1%} | {fmt(x.get('projection_share_bf16'), '.1%', '-')} |"
-                  for x in r["precision"]]
+                  f"held-out windows after the timed steps:", ""]
+        lines += markdown_table(
+            ["d_model", "fp32 step (ms)", "bf16 step (ms)", "bf16 speed-up", "loss fp32", "loss bf16 - fp32", "MFU fp32",
+             "MFU bf16", "projection share (bf16 step)"],
+            [[x["d_model"], f"{1e3 * x['fp32_step_s']:.1f}", f"{1e3 * x['bf16_step_s']:.1f}", f"**{x['bf16_speedup']:.2f}x**",
+              f"{x['fp32_loss']:.3f}", f"{x['bf16_loss_delta']:+.3f}", f"{x['mfu_fp32']:.1%}", f"{x['mfu_bf16']:.1%}",
+              fmt(x.get("projection_share_bf16"), ".1%", "-")] for x in r["precision"]])
     if r.get("compile"):
         lines += ["", f"torch.compile of the training forward (train.compile): sparse steps eager and compiled, "
                   f"alternating blocks, the same model, seed and batches; compile time = the first compiled step "
                   f"less a compiled step, cold (empty kernel cache) and warm (cache filled by an earlier job); saving "
-                  f"per job = {s['real_job_steps']} steps x (eager - compiled) - warm compile:", "",
-                  "| d_model | eager step (ms) | compiled step (ms) | speed-up | compile cold (s) | compile warm (s) | "
-                  "saving per job (s) |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {x['d_model']} | {1e3 * x['eager_step_s']:.1f} | {1e3 * x['compiled_step_s']:.1f} | "
-                  f"**{x['compile_speedup']:.2f}x** | {x['compile_s_cold']:.1f} | {x['compile_s_warm']:.1f} | "
-                  f"{x['job_saving_s']:+.0f} |" for x in r["compile"]]
+                  f"per job = {s['real_job_steps']} steps x (eager - compiled) - warm compile:", ""]
+        lines += markdown_table(
+            ["d_model", "eager step (ms)", "compiled step (ms)", "speed-up", "compile cold (s)", "compile warm (s)",
+             "saving per job (s)"],
+            [[x["d_model"], f"{1e3 * x['eager_step_s']:.1f}", f"{1e3 * x['compiled_step_s']:.1f}",
+              f"**{x['compile_speedup']:.2f}x**", f"{x['compile_s_cold']:.1f}", f"{x['compile_s_warm']:.1f}",
+              f"{x['job_saving_s']:+.0f}"] for x in r["compile"]])
     if len(projection) > 2:
         lines += ["", "The top-k projection before and after its speed-up (alternating step by step in one sparse "
                   "run at the target density; both keep the k largest, differing at most in which of exactly tied entries):", "", *projection]
