@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from bench.__main__ import DENSITY
-from bench.report import fmt
+from bench.report import fmt, markdown_table
 from bench.jobs import job_config
 from bench.steps import matmul_peak, precision_times, step_times
 from sweep import names
@@ -123,23 +123,20 @@ def table(r: dict) -> str:
     lines = ["# GPU check (`make gpu-check`)", "",
              f"{r['device']}, torch {r['torch']}, {r['date']}, commit {str(r['git_commit'])[:10]}; matmul peaks "
              f"(torch.mm {r['matmul_n']}^2) fp32 {peak['fp32'] / 1e3:.1f}, bf16 {peak['bf16'] / 1e3:.1f} TFLOP/s; sparse = "
-             f"density {DENSITY}; took {r['wall_s']:.0f} s.", "",
-             "| grid | d_model | layers x n_ctx x batch | dense step (ms) | sparse step (ms) | sparse / dense | "
-             "bf16 step (ms) | bf16 speed-up | sparse / dense bf16 | loss bf16 - fp32 | MFU fp32 | MFU bf16 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for grid in ("quick", "paper"):
-        lines += [f"| {grid} | {x['d_model']} | {x['n_layer']} x {x['n_ctx']} x {x['batch_size']} | "
-                  f"{1e3 * x['dense_step_s']:.2f} | {1e3 * x['sparse_step_s']:.2f} | {x['sparse_dense_ratio']:.3f} | "
-                  f"{1e3 * x['bf16_step_s']:.2f} | {x['bf16_speedup']:.2f}x | {x['sparse_dense_ratio_bf16']:.3f} | "
-                  f"{x['bf16_loss_delta']:+.3f} | "
-                  f"{x['mfu_fp32']:.1%} | {x['mfu_bf16']:.1%} |" for x in r[grid]]
+             f"density {DENSITY}; took {r['wall_s']:.0f} s.", ""]
+    lines += markdown_table(
+        ["grid", "d_model", "layers x n_ctx x batch", "dense step (ms)", "sparse step (ms)", "sparse / dense",
+         "bf16 step (ms)", "bf16 speed-up", "sparse / dense bf16", "loss bf16 - fp32", "MFU fp32", "MFU bf16"],
+        [[grid, x["d_model"], f"{x['n_layer']} x {x['n_ctx']} x {x['batch_size']}", f"{1e3 * x['dense_step_s']:.2f}",
+          f"{1e3 * x['sparse_step_s']:.2f}", f"{x['sparse_dense_ratio']:.3f}", f"{1e3 * x['bf16_step_s']:.2f}",
+          f"{x['bf16_speedup']:.2f}x", f"{x['sparse_dense_ratio_bf16']:.3f}", f"{x['bf16_loss_delta']:+.3f}",
+          f"{x['mfu_fp32']:.1%}", f"{x['mfu_bf16']:.1%}"] for grid in ("quick", "paper") for x in r[grid]])
     s = r["smoke"]
-    lines += ["", f"Paper-grid smoke (`{s['command']}`): exit {s['returncode']}, {s['wall_s']:.0f} s", "",
-              "| density | status | device | val loss | tokens/s | train (s) | prune (s) | tasks solved |",
-              "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {j['density']} | {j['status']} | {j['device']} | {fmt(j['val_loss'], '.3f')} | "
-              f"{fmt(j['tokens_per_s'], ',.0f')} | {fmt(j['train_s'], '.0f')} | {fmt(j['prune_s'], '.0f')} | "
-              f"{fmt(j['tasks_solved_frac'], '.2f')} |" for j in s["jobs"]]
+    lines += ["", f"Paper-grid smoke (`{s['command']}`): exit {s['returncode']}, {s['wall_s']:.0f} s", ""]
+    lines += markdown_table(
+        ["density", "status", "device", "val loss", "tokens/s", "train (s)", "prune (s)", "tasks solved"],
+        [[j["density"], j["status"], j["device"], fmt(j["val_loss"], ".3f"), fmt(j["tokens_per_s"], ",.0f"),
+          fmt(j["train_s"], ".0f"), fmt(j["prune_s"], ".0f"), fmt(j["tasks_solved_frac"], ".2f")] for j in s["jobs"]])
     return "\n".join(lines) + "\n"
 
 
