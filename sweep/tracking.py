@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from omegaconf import DictConfig, OmegaConf
@@ -161,13 +163,22 @@ def artifact_location(tracking_cfg) -> str | None:
     return None if db is None else (db.parent / "mlartifacts" / tracking_cfg.experiment).as_uri()
 
 
+def store_lock(uri: str) -> contextlib.AbstractContextManager:
+    """A lock file beside a SQLite store (`mlflow.db.lock`): processes that create its schema, migrate it
+    or create an experiment take turns (two sweeps started together on a new store raced there, and
+    one failed with "table experiments already exists"). Other stores serialise this themselves."""
+    db = sqlite_path(uri)
+    return FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
+
+
 def ensure_experiment(tracking_cfg) -> tuple[MlflowClient, str]:
     """Create the store and the experiment if needed; return a client and the experiment id."""
-    client = MlflowClient(tracking_uri=tracking_cfg.uri)
-    experiment = client.get_experiment_by_name(tracking_cfg.experiment)
-    if experiment is not None:
-        return client, experiment.experiment_id
-    return client, client.create_experiment(tracking_cfg.experiment, artifact_location=artifact_location(tracking_cfg))
+    with store_lock(tracking_cfg.uri):  # a new client opens the store: it creates or migrates the schema
+        client = MlflowClient(tracking_uri=tracking_cfg.uri)
+        experiment = client.get_experiment_by_name(tracking_cfg.experiment)
+        if experiment is not None:
+            return client, experiment.experiment_id
+        return client, client.create_experiment(tracking_cfg.experiment, artifact_location=artifact_location(tracking_cfg))
 
 
 def flatten(cfg: DictConfig) -> dict[str, object]:

@@ -174,3 +174,23 @@ def test_a_crashing_job_does_not_stop_the_others(sweep):
     assert jobs["1e+30"].data.tags[names.TAG_STATUS].startswith("failed: FloatingPointError: training diverged")
     (parent,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_PARENT]
     assert parent.info.status == "FAILED"
+
+
+def test_two_sweeps_started_together_on_a_new_store_both_succeed(tmp_path):
+    """Two multiruns into one store that does not exist yet, started at once: the store's schema and the
+    experiment are created once (a lock beside the file), both sweeps finish with their own parent."""
+    first, second = Sweep(tmp_path / "a"), Sweep(tmp_path / "b")
+    second.db = first.db
+    second.uri = first.uri
+    started = [subprocess.Popen([sys.executable, "-m", "sweep", "-m", *s.args(f"sparsity.density={d}")], cwd=PROJECT_ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for s, d in ((first, "1"), (second, "0.5"))]
+    outputs = [p.communicate(timeout=600) for p in started]
+    for process, (out, err) in zip(started, outputs):
+        assert process.returncode == 0, out[-2000:] + err[-3000:]
+    runs = first.runs()
+    parents = {r.info.run_id for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_PARENT}
+    jobs = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
+    assert len(parents) == 2 and len(jobs) == 2 and {j.data.tags[names.TAG_PARENT] for j in jobs} == parents
+    assert all(j.info.status == "FINISHED" for j in jobs)
+    assert len(first.client.search_experiments()) == 2  # Default and frontier, once each
