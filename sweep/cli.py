@@ -13,12 +13,12 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweep import names
+from sweep import names, tracking
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started, work_started
 from sweep.job import JobOutcome, ignore_sigint_in_worker, job_slot, run_job
 from sweep.lifecycle import Terminated, is_launching_process
-from sweep.points import describe_point
-from sweep.tracking import PROJECT_ROOT
+from sweep.points import describe_point, point_label
+from sweep.tracking import PROJECT_ROOT, PointHeld
 
 
 def _slot(hc) -> int:
@@ -41,6 +41,10 @@ def hydra_job(cfg: DictConfig) -> dict:
         if not multirun:
             raise
         outcome = JobOutcome(f"invalid: {e}")
+    except PointHeld as held:  # a second sweep on the same points, or the live workers of a killed one
+        tracking.log_skipped_run(cfg.tracking, os.environ[names.ENV_PARENT_RUN_ID], point_label(cfg, hc.overrides.task),
+                                 tracking.config_hash(cfg), held.run_id)
+        outcome = JobOutcome(str(held))
     except Terminated as stop:
         if multirun and is_launching_process():  # the sweep's own process: it has closed the parent run
             raise SystemExit(128 + stop.signum) from None

@@ -127,7 +127,8 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slo
     tags = {names.TAG_CORPUS_HASH: corpus.corpus_hash, names.TAG_TOKENIZER_HASH: corpus.tokenizer.hash,
             names.TAG_DEVICE: describe_device(device)}
     epochs = train_epochs(cfg, len(corpus.train))
-    with lifecycle.job_running(), JobRun(cfg, label, parent_run_id, tags) as run:
+    # in a sweep the point is claimed: PointHeld if another run holds it (before anything is trained)
+    with lifecycle.job_running(), JobRun(cfg, label, parent_run_id, tags, claim=parent_run_id is not None) as run:
         run.log_metrics({names.DATA_TRAIN_EPOCHS: epochs})
         model = build_model(cfg).to(device)
         sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(),

@@ -272,10 +272,35 @@ def log_skipped_run(tracking_cfg, parent_run_id: str, run_name: str, point_hash:
     return run_id
 
 
-class JobRun:
-    """One job's child run; metrics are buffered and written in batches."""
+class PointHeld(Exception):
+    """Another training run holds this point: finished, or running in a live process."""
 
-    def __init__(self, cfg: DictConfig, run_name: str, parent_run_id: str | None, extra_tags: dict[str, str]):
+    def __init__(self, run_id: str):
+        super().__init__(f"{names.STATUS_SKIPPED}: duplicate of {run_id}")
+        self.run_id = run_id
+
+
+def holder_of(client: MlflowClient, experiment_id: str, point_hash: str) -> str | None:
+    """The training run that holds a point: finished, or running in a process that is alive."""
+    for run in client.search_runs([experiment_id], f"tags.`{names.TAG_CONFIG_HASH}` = '{point_hash}' and "
+                                                   f"tags.`{names.TAG_KIND}` = '{names.KIND_JOB}'", max_results=1000):
+        if run.data.tags.get(names.TAG_STAGE) == "prune":
+            continue
+        finished = run.info.status == "FINISHED" and run.data.tags.get(names.TAG_STATUS) == names.STATUS_FINISHED
+        alive = run.info.status == "RUNNING" and not lifecycle.is_orphaned(run.data.tags.get(names.TAG_PROCESS))
+        if finished or alive:
+            return run.info.run_id
+    return None
+
+
+class JobRun:
+    """One job's child run; metrics are buffered and written in batches. With `claim`, the point is
+    checked and the run created in one step under the store's lock: a point that another run holds
+    (finished, or running in a live process: a second sweep started at once, the workers of a killed
+    sweep) raises PointHeld instead of training twice."""
+
+    def __init__(self, cfg: DictConfig, run_name: str, parent_run_id: str | None, extra_tags: dict[str, str],
+                 claim: bool = False):
         self.client, experiment_id = ensure_experiment(cfg.tracking)
         tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_CONFIG_HASH: config_hash(cfg),
                 names.TAG_STATUS: names.STATUS_RUNNING, names.TAG_PROCESS: lifecycle.process_tag(), **extra_tags}
@@ -283,7 +308,10 @@ class JobRun:
             tags[names.TAG_PARENT] = parent_run_id
         if commit := git_commit():
             tags[names.TAG_GIT_COMMIT] = commit
-        self.run_id = create_run(self.client, experiment_id, run_name, tags)
+        with store_lock(cfg.tracking.uri) if claim else contextlib.nullcontext():
+            if claim and (holder := holder_of(self.client, experiment_id, tags[names.TAG_CONFIG_HASH])):
+                raise PointHeld(holder)
+            self.run_id = create_run(self.client, experiment_id, run_name, tags)
         self.flush_every = cfg.tracking.flush_every
         self._pending: list[Metric] = []
         try:  # a signal can arrive while the run is being set up: it must not stay RUNNING

@@ -176,21 +176,41 @@ def test_a_crashing_job_does_not_stop_the_others(sweep):
     assert parent.info.status == "FAILED"
 
 
-def test_two_sweeps_started_together_on_a_new_store_both_succeed(tmp_path):
-    """Two multiruns into one store that does not exist yet, started at once: the store's schema and the
-    experiment are created once (a lock beside the file), both sweeps finish with their own parent."""
-    first, second = Sweep(tmp_path / "a"), Sweep(tmp_path / "b")
-    second.db = first.db
-    second.uri = first.uri
-    started = [subprocess.Popen([sys.executable, "-m", "sweep", "-m", *s.args(f"sparsity.density={d}")], cwd=PROJECT_ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for s, d in ((first, "1"), (second, "0.5"))]
+def start_together(tmp_path, *points: str) -> tuple[Sweep, list[tuple[int, str, str]]]:
+    """Multiruns of `points` (one each) started at once into one store that does not exist yet."""
+    sweeps = [Sweep(tmp_path / f"s{i}") for i in range(len(points))]
+    for s in sweeps[1:]:
+        s.db, s.uri = sweeps[0].db, sweeps[0].uri
+    # one corpus cache too: its path is still part of a point's identity (issue 16, case 12)
+    started = [subprocess.Popen([sys.executable, "-m", "sweep", "-m", *s.args(p), f"data.cache_dir={tmp_path / 'cache'}"],
+                                cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for s, p in zip(sweeps, points)]
     outputs = [p.communicate(timeout=600) for p in started]
-    for process, (out, err) in zip(started, outputs):
-        assert process.returncode == 0, out[-2000:] + err[-3000:]
-    runs = first.runs()
+    return sweeps[0], [(p.returncode, *output) for p, output in zip(started, outputs)]
+
+
+def test_two_sweeps_started_together_on_a_new_store_both_succeed(tmp_path):
+    """The store's schema and the experiment are created once (a lock beside the file); both sweeps
+    finish with their own parent."""
+    sweep, outcomes = start_together(tmp_path, "sparsity.density=1", "sparsity.density=0.5")
+    for returncode, out, err in outcomes:
+        assert returncode == 0 and "total: 1 finished" in out, out[-2000:] + err[-3000:]
+    runs = sweep.runs()
     parents = {r.info.run_id for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_PARENT}
     jobs = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
     assert len(parents) == 2 and len(jobs) == 2 and {j.data.tags[names.TAG_PARENT] for j in jobs} == parents
     assert all(j.info.status == "FINISHED" for j in jobs)
-    assert len(first.client.search_experiments()) == 2  # Default and frontier, once each
+    assert len(sweep.client.search_experiments()) == 2  # Default and frontier, once each
+
+
+def test_two_sweeps_of_the_same_points_started_together_train_each_point_once(tmp_path):
+    """Each job claims its point under the store's lock: the second finds it held (running in a live
+    process, or finished) and records `skipped: duplicate of <run>` instead of training it again."""
+    sweep, outcomes = start_together(tmp_path, "sparsity.density=1,0.5", "sparsity.density=1,0.5")
+    assert all(returncode == 0 for returncode, _, _ in outcomes), [o[1][-1500:] + o[2][-1500:] for o in outcomes]
+    jobs = [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
+    trained = [j for j in jobs if j.data.tags[names.TAG_STATUS] == names.STATUS_FINISHED]
+    skipped = [j for j in jobs if j.data.tags[names.TAG_STATUS].startswith(names.STATUS_SKIPPED)]
+    assert sorted(j.data.params["sparsity.density"] for j in trained) == ["0.5", "1.0"]  # each point once
+    assert len(skipped) == 2 and {s.data.tags[names.TAG_STATUS].split()[-1] for s in skipped} == \
+        {t.info.run_id for t in trained}
