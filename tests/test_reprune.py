@@ -140,6 +140,7 @@ def test_task_loss_table_of_an_experiment(trained):
     assert missing.returncode == 2 and "--experiment='nope'" in missing.stderr
 
 
+@pytest.mark.slow  # a sweep and a re-prune of its experiment: keeps make test short
 def test_reprune_of_an_experiment_goes_past_a_bad_checkpoint_and_lists_it(sweep):
     result = sweep.run("sparsity.density=1,0.5", multirun=True)
     assert result.returncode == 0, result.stderr[-3000:]

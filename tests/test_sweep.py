@@ -189,6 +189,7 @@ def start_together(tmp_path, *points: str) -> tuple[Sweep, list[tuple[int, str, 
     return sweeps[0], [(p.returncode, *output) for p, output in zip(started, outputs)]
 
 
+@pytest.mark.slow  # several real sweeps at once: keeps make test short
 def test_two_sweeps_started_together_on_a_new_store_both_succeed(tmp_path):
     """The store's schema and the experiment are created once (a lock beside the file); both sweeps
     finish with their own parent."""
@@ -203,6 +204,7 @@ def test_two_sweeps_started_together_on_a_new_store_both_succeed(tmp_path):
     assert len(sweep.client.search_experiments()) == 2  # Default and frontier, once each
 
 
+@pytest.mark.slow  # several real sweeps at once: keeps make test short
 def test_two_sweeps_of_the_same_points_started_together_train_each_point_once(tmp_path):
     """Each job claims its point under the store's lock: the second finds it held (running in a live
     process, or finished) and records `skipped: duplicate of <run>` instead of training it again."""
