@@ -66,13 +66,17 @@ class Trainer:
     steps: int  # length of the schedule the sparse run follows (its progress goes 0 -> 1 over it)
     train_cfg: object  # cfg.train with this trainer's precision
     done: int = 0
-    forward: torch.nn.Module | None = None  # a torch.compile wrapper of `model`, or None: the model itself
+    forward: torch.nn.Module | None = None  # what the step calls: the model, or a torch.compile wrapper of it
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = self.model
 
     def step(self, tokens, generator, cfg, device) -> None:
         inputs, targets = (t.to(device) for t in sample_batch(tokens, cfg.train.batch_size, cfg.model.n_ctx, generator))
         step = self.done % self.steps
         lr = step_lr(self.lr0, step, self.steps, self.sparsifier, self.train_cfg)
-        train_step(self.model if self.forward is None else self.forward, self.optimizer, self.sparsifier, inputs, targets, lr, (step + 1) / self.steps,
+        train_step(self.forward, self.optimizer, self.sparsifier, inputs, targets, lr, (step + 1) / self.steps,
                    self.train_cfg)
         self.done += 1
 
@@ -109,6 +113,18 @@ def alternate(trainers: dict[str, Trainer], generators: dict, rounds: int, block
     return blocks
 
 
+def warm_then_alternate(trainers: dict[str, Trainer], rounds: int, block: int, tokens, cfg,
+                        device) -> dict[str, list[float]]:
+    """One warm-up step each (allocator, kernels, autocast, a compile), then the schedule and the batches
+    restart, the same for both, and the two are timed in alternating blocks (`alternate`)."""
+    generators = {name: torch.Generator().manual_seed(cfg.seed) for name in trainers}
+    for name, trainer in trainers.items():
+        timed_block(trainer, 1, tokens, generators[name], cfg, device)
+        trainer.done = 0
+        generators[name].manual_seed(cfg.seed)
+    return alternate(trainers, generators, rounds, block, tokens, cfg, device)
+
+
 def step_times(cfg, tokens: torch.Tensor, d_model: int, density: float, rounds: int, block: int,
                threads: int, device: torch.device, precision: str = "fp32") -> dict:
     """Step time (median over blocks) of dense (density 1) and sparse training of the same model,
@@ -140,11 +156,7 @@ def precision_times(cfg, tokens: torch.Tensor, val: torch.Tensor, d_model: int, 
     (ABBA); then the loss of each after its timed steps on the same held-out windows."""
     measured = 2 * rounds * block
     trainers = {p: make_trainer(cfg, d_model, density, measured, device, p) for p in ("fp32", "bf16")}
-    generators = {p: torch.Generator().manual_seed(cfg.seed) for p in trainers}  # the same batches for both
-    for p, trainer in trainers.items():  # warm-up (allocator, kernels, autocast), then restart the schedule
-        timed_block(trainer, 1, tokens, generators[p], cfg, device)
-        trainer.done = 0
-    blocks = alternate(trainers, generators, rounds, block, tokens, cfg, device)
+    blocks = warm_then_alternate(trainers, rounds, block, tokens, cfg, device)
     inputs, targets = (t.to(device) for t in eval_windows(val, cfg.model.n_ctx, 256))
     losses = {p: evaluate(t.model, inputs, targets, cfg.train.batch_size) for p, t in trainers.items()}
     return {"d_model": d_model, "steps_each": measured, **{f"{p}_loss": losses[p] for p in trainers},
@@ -172,12 +184,7 @@ def compile_times(cfg, overrides: list[str], tokens: torch.Tensor, d_model: int,
     measured = 2 * rounds * block
     trainers = {m: make_trainer(cfg, d_model, density, measured, device) for m in ("eager", "compiled")}
     trainers["compiled"].forward = torch.compile(trainers["compiled"].model)
-    generators = {m: torch.Generator().manual_seed(cfg.seed) for m in trainers}
-    for m, trainer in trainers.items():  # warm-up (the compile, kernels), then restart the schedule
-        timed_block(trainer, 1, tokens, generators[m], cfg, device)
-        trainer.done = 0
-        generators[m].manual_seed(cfg.seed)
-    blocks = alternate(trainers, generators, rounds, block, tokens, cfg, device)
+    blocks = warm_then_alternate(trainers, rounds, block, tokens, cfg, device)
     return {"d_model": d_model, "steps_each": measured,
             **{f"{m}_step_s": statistics.median(blocks[m]) / block for m in trainers},
             "compile_speedup": statistics.median(e / c for e, c in zip(blocks["eager"], blocks["compiled"])),

@@ -151,18 +151,21 @@ def load_corpus(data_cfg, cache_dir: Path) -> Corpus:
     if cache.exists():
         stored = np.load(cache)
         val_bytes = int(stored["val_bytes"]) if "val_bytes" in stored else len(stored["val"])  # caches of bytes before BPE
+        byte_bigram = float(stored["byte_bigram"]) if "byte_bigram" in stored else byte_bigram_loss(val_text)  # older caches
         return Corpus(_indexable(stored["train"]), _indexable(stored["val"]), corpus_hash, float(stored["unigram"]),
-                      float(stored["bigram"]), val_bytes, tokenizer, byte_bigram_loss(val_text))
+                      float(stored["bigram"]), val_bytes, tokenizer, byte_bigram)
     train, val = (tokenizer.encode_corpus(text) for text in (train_text, val_text))
     unigram, bigram = reference_losses(val, tokenizer.vocab_size)
+    byte_bigram = byte_bigram_loss(val_text)
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename: parallel jobs may build the same cache at once.
     with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, train=train, val=val, unigram=unigram, bigram=bigram, val_bytes=len(val_text))
+        np.savez(tmp, train=train, val=val, unigram=unigram, bigram=bigram, val_bytes=len(val_text),
+                 byte_bigram=byte_bigram)
     os.replace(tmp.name, cache)
     return Corpus(_indexable(train), _indexable(val), corpus_hash, unigram, bigram, len(val_text), tokenizer,
-                  byte_bigram_loss(val_text))
+                  byte_bigram)
 
 
 def run_tokenizer(data_cfg) -> Tokenizer:
