@@ -128,7 +128,7 @@ def fstring_brace(rng):
 
 @register_task("bracket_brace")
 def bracket_brace(rng):
-    v, item = _name(rng), rng.choice("abcdefghpqrstuvwxyz")
+    v, item = _name(rng), rng.randint(100, 999)  # a 3-digit item: the bracket is 2-3 BPE tokens back (README)
     return f"{v} = [{item}", "]", f"{v} = {{{item}", "}"
 
 
@@ -191,8 +191,18 @@ def final_kwarg(rng):
 
 
 PAPER_TASKS = tuple(TASKS)  # the twenty, in the paper's order
-# `quick`: the tasks the dense width-2 model of the quick grid solves at the quick target, 0.3 (README).
-SUITES = {"paper": PAPER_TASKS, "quick": ("single_double_quote", "bracket_brace", "else_elif")}
+
+
+@register_task("paren_bracket")
+def paren_bracket(rng):
+    """Ours, beyond the paper's twenty: which bracket a 3-digit item closes, `(` or `[` (an attention task)."""
+    v, item = _name(rng), rng.randint(100, 999)
+    return f"{v} = ({item}", ")", f"{v} = [{item}", "]"
+
+
+# `quick`: tasks the dense x2 and wider models of the quick grid solve at the quick target, 0.3, each with
+# its evidence two or more tokens back under the grid's BPE (README, "The quick suite").
+SUITES = {"paper": PAPER_TASKS, "quick": ("single_double_quote", "bracket_brace", "paren_bracket")}
 
 
 @dataclass(frozen=True)
