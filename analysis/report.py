@@ -16,6 +16,7 @@ from analysis.frontier import (HV_REFERENCE, aggregate_points, assign_points, co
 ARTIFACT_DIR = "frontier"  # in the parent run's artifacts
 FINDINGS_CSV = "findings.csv"
 FINDINGS_MD = "findings.md"  # the README's findings section
+RETENTION_CSV = "task_retention.csv"
 FRONTIER_COLUMNS = ["scope", "point", "width", "d_model", "density", "n_seeds", "seeds", "val_loss", "val_loss_ci",
                     "edges", "edges_low", "edges_high", "n_circuit", "nodes", "solved_frac", "nonzero_params",
                     "regime", "rule"]
@@ -98,16 +99,18 @@ def analyse(options: Options) -> Result:
     frontier = frontier_table(points)
     hypervolumes = hypervolume_table(points, options.hv_reference)
     stated = findings.findings_table(runs, edges, points)
+    retention = findings.task_retention(tasks)
 
     files = [out / load.RUNS_CSV, out / load.TASKS_CSV]
     for name, table in (("points.csv", points), ("frontier.csv", frontier[FRONTIER_COLUMNS]),
-                        ("hypervolume.csv", hypervolumes), (FINDINGS_CSV, stated)):
+                        ("hypervolume.csv", hypervolumes), (FINDINGS_CSV, stated),
+                        (RETENTION_CSV, retention)):
         table.to_csv(out / name, index=False)
         files.append(out / name)
     (out / "frontier.tex").write_text(latex.frontier_tex(frontier, hypervolumes, common_note))
     source = (f"experiment `{options.experiment}`" if options.from_csv is None else f"`{options.from_csv}`") + \
         f", {len(runs)} runs, {time.strftime('%Y-%m-%d')}"
-    (out / FINDINGS_MD).write_text(findings.markdown(stated, source))
+    (out / FINDINGS_MD).write_text(findings.markdown(stated, source, retention))
     files += [out / "frontier.tex", out / FINDINGS_MD]
     if options.figures:
         files += figures.write_all(points, per_task, options.rule, out, edges_label, common_note)

@@ -289,7 +289,7 @@ def test_a_real_tiny_sweep(sweep, tmp_path):
            "--out", str(out)]
     analysed = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert analysed.returncode == 0, analysed.stderr[-3000:]
-    assert f"wrote 16 files to {out}" in analysed.stdout and "logged them to parent run" in analysed.stdout  # + findings.csv, .md
+    assert f"wrote 17 files to {out}" in analysed.stdout and "logged them to parent run" in analysed.stdout  # + findings.csv, .md, task_retention.csv
 
     runs, tasks = pd.read_csv(out / "runs.csv"), pd.read_csv(out / "tasks.csv")
     assert sorted(zip(runs["model.width_mult"], runs["sparsity.density"])) == [(1, 0.5), (1, 1), (2, 0.5), (2, 1)]
@@ -378,3 +378,26 @@ def test_findings_are_stated_with_the_verdict_the_numbers_support(tmp_path, caps
     md = (tmp_path / "out" / "findings.md").read_text()  # the README's section, from the same table
     assert "| x2 d0.25 vs x1 d0.5 | **holds** | loss_difference | -0.2 |" in md
     assert "| x2 | **does not hold** | density | - |" in md and "experiment `frontier`, 29 runs" in md
+
+
+def test_task_retention_says_where_each_width_loses_each_task(tmp_path):
+    """x1: `a` is solved by every seed down to 0.5 and lost at 0.25; `b` loses a seed at 0.5 and comes back
+    at 0.25 (kept to 1, not 0.25); x2 solves `a` everywhere it ran (never lost) and `b` nowhere (never kept)."""
+    store = Store(tmp_path)
+    parent = store.parent()
+    for seed in range(3):
+        store.job(parent, 1, 1, seed=seed, loss=2.0, tasks={"a": 100, "b": 100})
+        store.job(parent, 1, 0.5, seed=seed, loss=2.1, tasks={"a": 50, "b": None if seed == 1 else 60})
+    store.job(parent, 1, 0.25, loss=2.2, tasks={"a": None, "b": 30})
+    store.job(parent, 2, 1, loss=1.9, tasks={"a": 90, "b": None})
+    store.job(parent, 2, 0.25, loss=2.0, tasks={"a": 40, "b": None})
+    assert analyse(store, tmp_path / "out", "--no-log", "--no-figures") == 0
+    kept = pd.read_csv(tmp_path / "out" / "task_retention.csv").set_index(["task", "width"])
+    assert set(kept.index) == {("a", 1), ("b", 1), ("a", 2), ("b", 2)}  # the control is no task here
+    assert (kept.loc[("a", 1), "kept_to"], kept.loc[("a", 1), "lost_at"]) == (0.5, 0.25)
+    assert (kept.loc[("b", 1), "kept_to"], kept.loc[("b", 1), "lost_at"]) == (1, 0.5)
+    assert kept.loc[("b", 1), "solved_seeds"] == "1:3/3 0.5:2/3 0.25:1/1"
+    assert kept.loc[("a", 2), "kept_to"] == 0.25 and math.isnan(kept.loc[("a", 2), "lost_at"])
+    assert math.isnan(kept.loc[("b", 2), "kept_to"]) and kept.loc[("b", 2), "lost_at"] == 1
+    md = (tmp_path / "out" / "findings.md").read_text()
+    assert "| b | x1 | 1 | 0.5 | 1:3/3 0.5:2/3 0.25:1/1 |" in md
