@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"hypervolume reference point (default {HV_REFERENCE[0]:g} nats/byte, {HV_REFERENCE[1]:g} edges)")
     p.add_argument("--no-figures", action="store_true", help="tables only (quick, e.g. while trying collapse thresholds)")
     p.add_argument("--no-log", action="store_true", help="do not log the results to the sweep's parent run")
+    p.add_argument("--readme", type=Path, metavar="FILE", help="also write findings.md into FILE's findings section "
+                                                               "(between its two `<!-- findings: ... -->` lines)")
     m = commands.add_parser("methods", help="circuit discovery methods side by side on the same checkpoints")
     m.add_argument("--experiment", required=True, help="MLflow experiment with training and re-prune runs")
     m.add_argument("--out", type=Path, required=True, help="output folder")
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         options = Options(out=args.out, experiment=args.experiment, tracking_uri=args.tracking_uri, parent=args.parent,
                           stage=args.stage, method=args.method, from_csv=args.from_csv, common_tasks=args.common_tasks, rule=rule,
                           hv_reference=check_reference(tuple(args.hv_ref)), figures=not args.no_figures,
-                          log=not args.no_log)
+                          log=not args.no_log, readme=args.readme)
         result = analyse(options)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from analysis.__main__ import main
+from analysis import report
 from analysis.frontier import hypervolume, pareto_mask
 from conftest import PROJECT_ROOT
 from sweep import names
@@ -401,3 +402,25 @@ def test_task_retention_says_where_each_width_loses_each_task(tmp_path):
     assert math.isnan(kept.loc[("b", 2), "kept_to"]) and kept.loc[("b", 2), "lost_at"] == 1
     md = (tmp_path / "out" / "findings.md").read_text()
     assert "| b | x1 | 1 | 0.5 | 1:3/3 0.5:2/3 0.25:1/1 |" in md
+
+
+def test_the_readme_findings_section_is_written_between_its_markers(tmp_path):
+    """--readme replaces only the text between the two markers; a README without them is one line, exit 2."""
+    store = Store(tmp_path)
+    parent = store.parent()
+    for density, edges in ((1, 400), (0.5, 200), (0.25, 100), (0.125, 50)):
+        store.job(parent, 1, density, loss=2.0, tasks={"a": edges})
+    begin, end = report.FINDINGS_MARKERS
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n## Findings\n{begin}\nold text\n{end}\n\n## After\nkept\n")
+    assert analyse(store, tmp_path / "out", "--no-log", "--no-figures", f"--readme={readme}") == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\n## Findings\n") and text.endswith(f"{end}\n\n## After\nkept\n")
+    assert "old text" not in text and "edges_fall_with_density" in text
+    assert (tmp_path / "out" / "findings.md").read_text().strip() in text
+    readme.write_text("# no section\n")
+    result = subprocess.run([sys.executable, "-m", "analysis", "frontier", "--experiment", "frontier", "--out",
+                             str(tmp_path / "out2"), "--tracking-uri", store.uri, f"--readme={readme}"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--readme" in result.stderr
+    assert readme.read_text() == "# no section\n" and not (tmp_path / "out2").exists()
