@@ -42,7 +42,7 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["train.compile=maybe"], "train.compile", "allowed: true, false"),
     (["data.tokenizer=bpe", "data.vocab_size=100"], "data.vocab_size", ">= 257"),
     (["model.bigram_table=maybe"], "model.bigram_table", "allowed: true, false"),
-    (["model.n_ctx=16"], "tasks.names", "needed"),  # the quick tasks' prompts cannot fit
+    (["model.n_ctx=6"], "tasks.names", "needed"),  # the quick tasks' prompts cannot fit
     (["seed=abc"], "seed", "integer >= 0"),
     (["seed=-1"], "seed", "integer >= 0"),
     (["tracking.experiment=../../escape"], "tracking.experiment", "without / or"),

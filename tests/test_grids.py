@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import PROJECT_ROOT
 from sweep import names
-from sweep.sweepers import INVALID, RUN, expand_grid, grids_of, mark_repeats, plan_points
+from sweep.sweepers import RUN, expand_grid, grids_of, mark_repeats, plan_points
 
 
 def planned(grid: str):
@@ -27,17 +27,14 @@ def planned(grid: str):
 
 
 def test_quick_grid():
+    """Every point valid; the constant-nonzero ladder at three seeds per width; dense x2 at three seeds."""
     points, plan = planned("quick")
-    grid = {(w, d, 0) for w in (4, 2, 1) for d in (1.0, 0.25, 0.06, 0.03, 0.015)}
-    extra = {(2, d, s) for d in (1.0, 0.06, 0.015) for s in (1, 2)}
-    assert set(points) == grid | extra and len(points) == 21
-    invalid = {p for p, entry in zip(points, plan) if entry.action == INVALID}
-    # density * d_model < 1 nonzero per neuron (sparsity.min_per_neuron = 1): infeasible, reported
-    assert invalid == {(1, 0.03, 0), (1, 0.015, 0), (2, 0.015, 0), (2, 0.015, 1), (2, 0.015, 2)}
-    assert all("sparsity.density" in entry.reason for entry in plan if entry.action == INVALID)
-    assert sum(entry.action == RUN for entry in plan) == 16
-
-
+    ladder = {(w, d, s) for w, d in ((1, 0.25), (2, 0.0625), (3, 0.02778)) for s in (0, 1, 2)}
+    dense = {(w, 1.0, 0) for w in (1, 2, 3)} | {(2, 1.0, 1), (2, 1.0, 2)}
+    more = {(1, 0.5, 0), (1, 0.125, 0), (1, 0.015, 0), (2, 0.25, 0), (2, 0.004, 0)}
+    assert set(points) == ladder | dense | more and len(points) == 19
+    assert all(entry.action == RUN for entry in plan)  # j = 0: no density is infeasible
+    assert len({round(w * w * d, 3) for w, d, _ in ladder}) == 1  # hidden density x width^2: one nonzero count
 def test_paper_grid_is_the_recipe():
     points, plan = planned("paper")
     assert all(entry.action == RUN for entry in plan)
