@@ -18,8 +18,7 @@ from analysis.frontier import HV_REFERENCE, check_reference
 from analysis import methods
 from analysis.load import DEFAULT_URI, STAGES, AnalysisError, open_client
 from analysis.report import Options, analyse, summary
-
-EXIT_BAD_INPUT = 2
+from sweep.errors import EXIT_BAD_INPUT
 
 
 def parser() -> argparse.ArgumentParser:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import pandas as pd
 
-from analysis.frontier import CONTROL_TASK, geomean_edges
+from analysis.frontier import CONTROL_TASK
 from analysis.load import AnalysisError
+from sweep import names
 
 NORMAL, COLLAPSE = "normal", "collapse"
 
@@ -79,7 +80,7 @@ def shrink_ratios(points: pd.DataFrame, per_task: pd.DataFrame) -> pd.DataFrame:
                 mine, theirs = edges_by_point.get(point["point"], {}), edges_by_point.get(previous["point"], {})
                 both = sorted(set(mine) & set(theirs))
                 if both:
-                    ratio = geomean_edges([mine[t] for t in both]) / geomean_edges([theirs[t] for t in both])
+                    ratio = names.geomean([mine[t] for t in both]) / names.geomean([theirs[t] for t in both])
                 elif not edges_by_point:  # no per-task table: compare the points' own aggregates
                     ratio, both = point["edges"] / previous["edges"], ["all solved"]
                 else:

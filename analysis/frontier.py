@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats  # a dependency of mlflow
 
-from analysis.load import BASE_WIDTH, DENSITY, SEED, WHERE_PARAMS, WIDTH, AnalysisError
-from sweep import names
+from analysis.load import BASE_WIDTH, DENSITY, SEED, WIDTH, AnalysisError
+from sweep import names, points
 
 CONFIDENCE = 0.95
 CONTROL_TASK = "control"  # `circuit/control/*`: the nonsense control, never part of a geomean
@@ -28,23 +28,25 @@ IDENTITY_COLUMNS = ("run_id", "run_name", "parent_run_id", "config_hash", "stage
 def variant_columns(runs: pd.DataFrame) -> list[str]:
     """Params other than width, density and seed that differ between runs: they tell points apart too."""
     params = [c for c in runs.columns if "/" not in c and c not in IDENTITY_COLUMNS
-              and c not in (WIDTH, DENSITY, SEED) and not c.startswith(WHERE_PARAMS)]
+              and c not in (WIDTH, DENSITY, SEED) and not points.is_where_key(c)]
     return sorted(c for c in params if runs[c].astype(str).nunique(dropna=False) > 1)
 
 
 def assign_points(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Add a `point` label (`x2 d0.06`, plus any differing params) to every run; seeds share it."""
+    """Add a `point` label (`w2-d0.06`, plus any differing params) to every run; seeds share it."""
     variants = variant_columns(runs)
     runs = runs.copy()
 
-    def label(row) -> str:
+    def extra(row) -> str:
         # `target_loss=0.3`: the key's last part, as in the sweep's run names
-        extra = " ".join(f"{c.rsplit('.', 1)[-1]}={row[c]:g}" if isinstance(row[c], float)
-                         else f"{c.rsplit('.', 1)[-1]}={row[c]}" for c in variants)
-        return " ".join(filter(None, [f"x{row[WIDTH]:g} d{row[DENSITY]:g}", extra]))
+        return " ".join(f"{c.rsplit('.', 1)[-1]}={row[c]:g}" if isinstance(row[c], float)
+                        else f"{c.rsplit('.', 1)[-1]}={row[c]}" for c in variants)
+
+    def label(row) -> str:
+        return " ".join(filter(None, [points.label(row[WIDTH], row[DENSITY]), extra(row)]))
 
     def series(row) -> str:
-        return label(row).replace(f" d{row[DENSITY]:g}", "", 1)
+        return " ".join(filter(None, [f"x{row[WIDTH]:g}", extra(row)]))
 
     runs["point"] = runs.apply(label, axis=1)
     runs["series"] = runs.apply(series, axis=1)  # a point without its density: one line in the figures
@@ -71,12 +73,6 @@ def geo_mean_ci(values) -> tuple[float, float, float]:
     return math.exp(mean) if v else math.nan, math.exp(mean - half), math.exp(mean + half)
 
 
-def geomean_edges(edges) -> float:
-    """The job's own aggregate: geometric mean with counts below 1 counted as 1."""
-    v = [max(e, 1.0) for e in edges]
-    return math.exp(sum(math.log(e) for e in v) / len(v)) if v else math.nan
-
-
 def common_tasks(tasks: pd.DataFrame) -> list[str]:
     """Tasks solved by every run that solved any (the control excluded)."""
     solved = tasks[(tasks["task"] != CONTROL_TASK) & (tasks["solved"] == 1)]
@@ -90,7 +86,7 @@ def run_edges(runs: pd.DataFrame, tasks: pd.DataFrame, restrict: list[str] | Non
         logged = runs[names.EDGES_GEOMEAN] if names.EDGES_GEOMEAN in runs else pd.Series(math.nan, index=runs.index)
         return logged.astype(float)
     chosen = tasks[tasks["task"].isin(restrict) & (tasks["solved"] == 1)]
-    per_run = chosen.groupby("run_id")["edges"].apply(lambda e: geomean_edges(e) if len(e) == len(restrict) else math.nan)
+    per_run = chosen.groupby("run_id")["edges"].apply(lambda e: names.geomean(e) if len(e) == len(restrict) else math.nan)
     return runs["run_id"].map(per_run).astype(float)
 
 

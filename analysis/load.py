@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 
 # The contract's tag and metric names. sweep/names.py imports nothing; importing it loads the
 # `sweep` package's __init__ (omegaconf, sweep.tracking, mlflow), never torch or training code.
-from sweep import names
+from sweep import names, tracking
+from sweep.paths import DEFAULT_TRACKING_URI
 
 # Config keys of the grid axes (contract.md, "Config"): sweep/names.py holds tags and metrics only.
 WIDTH = "model.width_mult"
@@ -30,13 +31,10 @@ DENSITY = "sparsity.density"
 SEED = "seed"
 METHOD_PARAM = "prune.method"
 TOKENIZER_PARAM = "data.tokenizer"
-# Params that say where or how a job ran, not what it computed: never what tells two points apart.
-WHERE_PARAMS = ("tracking.", "train.device", "train.threads", "data.cache_dir", "tasks.template_dir")
-
-STAGES = ("train", "prune")
+STAGES = (names.STAGE_TRAIN, names.STAGE_PRUNE)
 STORE_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql",
                  *(f"{db}+{driver}" for db in ("postgresql", "mysql", "mssql") for driver in ("psycopg", "psycopg2", "pymysql", "pyodbc")))
-DEFAULT_URI = f"sqlite:///{Path(__file__).resolve().parent.parent / 'mlflow.db'}"  # conf/tracking/sqlite.yaml
+DEFAULT_URI = DEFAULT_TRACKING_URI
 RUNS_CSV, TASKS_CSV = "runs.csv", "tasks.csv"
 TASK_COLUMNS = ("run_id", WIDTH, DENSITY, SEED, "task", *names.CIRCUIT_PER_TASK)
 
@@ -77,26 +75,14 @@ def open_client(uri: str) -> MlflowClient:
     return client
 
 
-def _all_job_runs(client: MlflowClient, experiment_id: str) -> list:
-    """Every job run of the experiment, newest first (paged)."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], f"tags.`{names.TAG_KIND}` = '{names.KIND_JOB}'",
-                                  max_results=5000, order_by=["attributes.start_time DESC"], page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _outcome(run) -> str:
     """finished, skipped, failed or running: the sweep's tag, checked against MLflow's own status."""
     status = run.data.tags.get(names.TAG_STATUS, "")
-    if status == names.STATUS_FINISHED and run.info.status == "FINISHED":
+    if tracking.is_finished(run):
         return "finished"
     if status.startswith(names.STATUS_SKIPPED):
         return "skipped"
-    return "failed" if status.startswith("failed") or run.info.status == "FAILED" else "running"
+    return "failed" if status.startswith(names.STATUS_FAILED) or run.info.status == "FAILED" else "running"
 
 
 def _count(kinds: list[str]) -> str:
@@ -117,15 +103,15 @@ def select_runs(client: MlflowClient, experiment: str, parent: str | None = None
     if found is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments(max_results=1000))) or "none"
         raise AnalysisError(f"no experiment '{experiment}' in {client.tracking_uri} (experiments there: {known})")
-    runs = _all_job_runs(client, found.experiment_id)
+    runs = tracking.job_runs(client, found.experiment_id)
     where = f"experiment '{experiment}'"
     if parent:
         runs = [r for r in runs if r.data.tags.get(names.TAG_PARENT) == parent]
         where += f" under parent run {parent}"
     notes = []
-    is_prune = [r.data.tags.get(names.TAG_STAGE) == "prune" for r in runs]
-    other_stage = sum(p != (stage == "prune") for p in is_prune)
-    runs = [r for r, p in zip(runs, is_prune) if p == (stage == "prune")]
+    is_prune = [not tracking.is_training_run(r) for r in runs]
+    other_stage = sum(p != (stage == names.STAGE_PRUNE) for p in is_prune)
+    runs = [r for r, p in zip(runs, is_prune) if p == (stage == names.STAGE_PRUNE)]
     if other_stage:
         notes.append(f"{other_stage} {'training' if stage == 'prune' else 're-prune (sweep.stage=prune)'} runs "
                      f"left out (--stage {'train' if stage == 'prune' else 'prune'} uses them)")

@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 
 from analysis import load
 from analysis.figures import MARKERS, OKABE_ITO, TWO_COLUMNS, add_legend, log_y, message, paper_style, save
-from sweep import names
+from sweep import names, points
 
 BEFORE = "mask (before #12)"
 ABLATION_PARAM = "prune.ablation"
@@ -34,7 +34,7 @@ def method_label(params: dict) -> str:
 
 
 def checkpoint_label(params: dict) -> str:
-    return f"x{float(params.get(load.WIDTH, 1)):g} d{float(params.get(load.DENSITY, 1)):g} s{params.get(load.SEED, 0)}"
+    return points.label(params.get(load.WIDTH, 1), params.get(load.DENSITY, 1), params.get(load.SEED, 0))
 
 
 def method_rows(client, runs: list) -> pd.DataFrame:

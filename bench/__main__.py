@@ -17,7 +17,8 @@ from bench.projection import projection_times
 from bench.report import TARGETS, derive, write
 from bench.steps import compile_times, matmul_peak, precision_times, step_times
 from sweep.data import load_corpus
-from sweep.tracking import PROJECT_ROOT, ensure_experiment, git_commit
+from sweep.paths import PROJECT_ROOT
+from sweep.tracking import ensure_experiment, git_commit
 
 QUICK_WIDTHS = (1, 2, 4)  # the quick grid's width_mult (base 32: d_model 32 / 64 / 128)
 EXTRA_D_MODEL = 256

@@ -23,7 +23,8 @@ from bench.steps import matmul_peak, precision_times, step_times
 from sweep import names
 from sweep.data import load_corpus
 from sweep.errors import EXIT_BAD_INPUT
-from sweep.tracking import PROJECT_ROOT, git_commit
+from sweep.paths import PROJECT_ROOT
+from sweep.tracking import git_commit
 
 QUICK_D_MODELS = (32, 64, 128, 256)
 PAPER_D_MODELS = (256, 512, 1024)  # the paper grid's x1 / x2 / x4

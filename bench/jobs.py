@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from sweep import names
-from sweep.tracking import PROJECT_ROOT
+from sweep.paths import PROJECT_ROOT
 
 
 def job_config(overrides: list[str]) -> DictConfig:

@@ -124,7 +124,8 @@ class SweepCallback(Callback):
             except ConfigError as e:
                 _stop_on_bad_input(e)
         for run_id in tracking.close_orphaned_runs(config.tracking):
-            print(f"marked run {run_id} FAILED: its process was killed in an earlier sweep", file=sys.stderr)
+            print(f"closed run {run_id} as FAILED: its process, or the sweep process that launched it, was killed",
+                  file=sys.stderr)
         if not search.is_search(config):
             mark_repeats(self.plan, tracking.finished_points(config.tracking))
             write_plan(Path(config.hydra.sweep.dir), self.plan)

@@ -17,8 +17,9 @@ from sweep import names, tracking
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started, work_started
 from sweep.job import JobOutcome, ignore_sigint_in_worker, job_slot, run_job
 from sweep.lifecycle import Terminated, is_launching_process
-from sweep.points import describe_point, point_label
-from sweep.tracking import PROJECT_ROOT, PointHeld
+from sweep.paths import CONF_DIR
+from sweep.points import config_hash, describe_point, point_label
+from sweep.tracking import PointHeld
 
 
 def _slot(hc) -> int:
@@ -26,7 +27,7 @@ def _slot(hc) -> int:
     return job_slot(hc.job.num, hc.launcher.get("n_jobs", 1) if "launcher" in hc else 1)
 
 
-@hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_job(cfg: DictConfig) -> dict:
     """Run one job; in a multirun, bad points and crashes are recorded instead of raised."""
     mark_work_started()
@@ -43,7 +44,7 @@ def hydra_job(cfg: DictConfig) -> dict:
         outcome = JobOutcome(f"invalid: {e}")
     except PointHeld as held:  # a second sweep on the same points, or the live workers of a killed one
         tracking.log_skipped_run(cfg.tracking, os.environ[names.ENV_PARENT_RUN_ID], point_label(cfg, hc.overrides.task),
-                                 tracking.config_hash(cfg), held.run_id)
+                                 config_hash(cfg), held.run_id)
         outcome = JobOutcome(str(held))
     except Terminated as stop:
         if multirun and is_launching_process():  # the sweep's own process: it has closed the parent run

@@ -1,11 +1,10 @@
-"""Pretraining corpus: Python source files -> tokens (bytes or a BPE), split by file, cached by content hash."""
+"""Pretraining data: the corpus's files -> tokens (bytes or a BPE), split by file, cached by content hash."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import os
-import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sweep.corpus import corpus_hash, read_sources
 from sweep.errors import ConfigError
 from sweep.tokenizer import BYTES, N_BYTES, Tokenizer, load_or_train
 
-EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 FILE_SEPARATOR = b"\n\n"
 
 
@@ -46,57 +45,6 @@ class Corpus:
 def vocab_size(data_cfg) -> int:
     """The model's vocabulary: 256 bytes, or `data.vocab_size` (a BPE is trained to exactly that size)."""
     return N_BYTES if data_cfg.tokenizer == "bytes" else int(data_cfg.vocab_size)
-
-
-SITE_PACKAGES = "site-packages"  # the standard library and every .py of the environment's site-packages
-
-
-def source_roots(source: str) -> dict[str, Path]:
-    """The directories a source reads, by the prefix their files' names get (none for a single root):
-    `stdlib` is the running interpreter's standard library, `site-packages` that library and the
-    environment's site-packages, anything else a directory."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    if source == "stdlib":
-        return {"": stdlib}
-    if source == SITE_PACKAGES:
-        packages = {Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}
-        return {"stdlib/": stdlib} | {f"site-packages{i or ''}/": p for i, p in enumerate(sorted(packages))}
-    return {"": Path(source).expanduser()}
-
-
-def find_sources(root: Path) -> list[str]:
-    """Relative paths of the `.py` files under root, sorted, skipping tests and site-packages."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in EXCLUDED_DIRS]
-        rel_dir = Path(dirpath).relative_to(root)
-        found += [(rel_dir / f).as_posix() for f in filenames if f.endswith(".py")]
-    return sorted(found)
-
-
-def read_sources(source: str) -> dict[str, bytes]:
-    """Every `.py` file of a source by its name, in name order. Under `site-packages` a file whose
-    content an earlier one already has is left out (packages vendor the same modules many times);
-    the single-directory sources are read whole, so their corpus hashes stay those of earlier runs."""
-    files, seen = {}, set()
-    for prefix, root in source_roots(source).items():
-        for rel in find_sources(root):
-            content = (root / rel).read_bytes()
-            digest = hashlib.sha256(content).digest()
-            if source != SITE_PACKAGES or digest not in seen:
-                seen.add(digest)
-                files[prefix + rel] = content
-    return files
-
-
-def check_source(source: str) -> None:
-    """Fail with a clear message if the corpus directory is missing or holds no `.py` files."""
-    allowed = f"must be 'stdlib', '{SITE_PACKAGES}' or an existing directory of .py files"
-    for root in source_roots(source).values():
-        if not root.is_dir():
-            raise ConfigError("data.source", source, allowed)
-        if not find_sources(root):
-            raise ConfigError("data.source", source, f"directory {root} holds no .py files")
 
 
 def is_validation(rel_path: str, split_seed: int, val_frac: float) -> bool:
@@ -131,10 +79,7 @@ def _cache_path(cache_dir: Path, corpus_hash: str, data_cfg, tokenizer: Tokenize
 def load_corpus(data_cfg, cache_dir: Path) -> Corpus:
     """Read, hash and split the corpus; reuse the tokenized split cached under its hash."""
     files = read_sources(data_cfg.source)
-    h = hashlib.sha256()
-    for rel, content in files.items():
-        h.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
-    corpus_hash = h.hexdigest()[:16]
+    digest = corpus_hash(files)
 
     parts: dict[bool, list[bytes]] = {False: [], True: []}
     for rel, content in files.items():
@@ -142,17 +87,17 @@ def load_corpus(data_cfg, cache_dir: Path) -> Corpus:
     if not parts[True] or not parts[False]:
         raise ConfigError("data.val_frac", data_cfg.val_frac, f"leaves an empty split of the {len(files)} files")
     train_text, val_text = (FILE_SEPARATOR.join(parts[split]) for split in (False, True))
-    tokenizer = load_or_train(data_cfg, Path(cache_dir), corpus_hash, lambda: train_text.decode(errors="replace"))
+    tokenizer = load_or_train(data_cfg, Path(cache_dir), digest, lambda: train_text.decode(errors="replace"))
     if tokenizer.vocab_size != vocab_size(data_cfg):
         raise ConfigError("data.vocab_size", data_cfg.vocab_size,
                           f"the training split supports at most {tokenizer.vocab_size} tokens; allowed: 257-{tokenizer.vocab_size}")
 
-    cache = _cache_path(Path(cache_dir), corpus_hash, data_cfg, tokenizer)
+    cache = _cache_path(Path(cache_dir), digest, data_cfg, tokenizer)
     if cache.exists():
         stored = np.load(cache)
         val_bytes = int(stored["val_bytes"]) if "val_bytes" in stored else len(stored["val"])  # caches of bytes before BPE
         byte_bigram = float(stored["byte_bigram"]) if "byte_bigram" in stored else byte_bigram_loss(val_text)  # older caches
-        return Corpus(_indexable(stored["train"]), _indexable(stored["val"]), corpus_hash, float(stored["unigram"]),
+        return Corpus(_indexable(stored["train"]), _indexable(stored["val"]), digest, float(stored["unigram"]),
                       float(stored["bigram"]), val_bytes, tokenizer, byte_bigram)
     train, val = (tokenizer.encode_corpus(text) for text in (train_text, val_text))
     unigram, bigram = reference_losses(val, tokenizer.vocab_size)
@@ -164,7 +109,7 @@ def load_corpus(data_cfg, cache_dir: Path) -> Corpus:
         np.savez(tmp, train=train, val=val, unigram=unigram, bigram=bigram, val_bytes=len(val_text),
                  byte_bigram=byte_bigram)
     os.replace(tmp.name, cache)
-    return Corpus(_indexable(train), _indexable(val), corpus_hash, unigram, bigram, len(val_text), tokenizer,
+    return Corpus(_indexable(train), _indexable(val), digest, unigram, bigram, len(val_text), tokenizer,
                   byte_bigram)
 
 

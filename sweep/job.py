@@ -16,10 +16,11 @@ import torch
 from omegaconf import DictConfig
 
 from sweep import lifecycle, names
+from sweep.checkpoint import build_model
+from sweep.checkpoint import save as save_checkpoint
 from sweep.collapse import collapse_metrics
-from sweep.data import eval_windows, load_corpus, vocab_size
+from sweep.data import eval_windows, load_corpus
 from sweep.errors import ConfigError
-from sweep.model import GPT, ModelShape
 from sweep.points import point_label
 from sweep.prune_stage import check_tasks, run_pruning
 from sweep.sparsity import WeightSparsifier
@@ -70,10 +71,6 @@ def resolve_device(device: str, slot: int = 0) -> torch.device:
 def describe_device(device: torch.device) -> str:
     """`cpu`, or `cuda:1 NVIDIA H200`: the tag that says where a job ran."""
     return f"{device} {torch.cuda.get_device_name(device)}" if device.type == "cuda" else str(device)
-
-
-def build_model(cfg: DictConfig) -> GPT:
-    return GPT(ModelShape.from_config(cfg.model, vocab_size(cfg.data)))
 
 
 def exit_on_sigterm() -> None:
@@ -156,7 +153,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slo
         })
         with tempfile.TemporaryDirectory() as tmp:  # before pruning: a failed pruning can be redone from it
             checkpoint = Path(tmp) / Path(names.ARTIFACT_CHECKPOINT).name
-            torch.save(model.state_dict(), checkpoint)
+            save_checkpoint(checkpoint, model, cfg, corpus.tokenizer.hash, cfg.train.steps)
             run.log_artifact(checkpoint, names.ARTIFACT_CHECKPOINT_DIR)
             if corpus.tokenizer.save(Path(tmp) / names.ARTIFACT_TOKENIZER):
                 run.log_artifact(Path(tmp) / names.ARTIFACT_TOKENIZER)

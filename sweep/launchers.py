@@ -1,10 +1,18 @@
-"""SLURM through hydra-submitit-launcher (`hydra/launcher=slurm`): a check before anything runs, jobs with
-as many torch threads as CPUs, and a sweep that records a cancelled, timed-out or killed job as failed.
+"""The launchers: local worker processes (joblib, `hydra/launcher=local`, the default) and SLURM through
+hydra-submitit-launcher (`hydra/launcher=slurm`). Both record a job killed outright as a failed job.
 
-The stock launcher waits for every job with `job.results()`, which raises for a job that SLURM ended
-without a result (scancel, time limit, out of memory, node failure): the sweep would stop there with a
-traceback, without its summary. This one waits for all jobs, and for each such job writes the failed
-result the summary reads (`<job dir>/result.json`) and closes the job's MLflow run if the job could not.
+SLURM: a check before anything runs, jobs with as many torch threads as CPUs, and a sweep that records a
+cancelled, timed-out or killed job as failed. The stock launcher waits for every job with `job.results()`,
+which raises for a job that SLURM ended without a result (scancel, time limit, out of memory, node
+failure): the sweep would stop there with a traceback, without its summary. This one waits for all jobs,
+and for each such job writes the failed result the summary reads (`<job dir>/result.json`) and closes the
+job's MLflow run if the job could not.
+
+Local: when one worker process dies (SIGKILL, the out-of-memory killer), joblib kills the other workers
+and raises TerminatedWorkerError: the sweep would stop with a traceback and leave the runs RUNNING. This
+one records every job of the batch that did not record a result as failed, closes their runs FAILED, and
+the sweep goes on to its summary (exit status 1). Its workers also watch the launching process: killed
+outright, its workers stop at their next step (`lifecycle.watch_launcher`).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,19 +33,23 @@ from typing import Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from joblib.externals.loky.process_executor import TerminatedWorkerError
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sweep import names
+from sweep import lifecycle, names
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.job import JobOutcome, exit_on_sigterm
 from sweep.points import describe_point
 from sweep.tracking import config_hash
+from sweep.validate import validate
 
-# Hydra instantiates launchers only from the `hydra_plugins` package: slurm.yaml's `_target_`.
+# Hydra instantiates launchers only from the `hydra_plugins` package: slurm.yaml's `_target_` (local.yaml's
+# is hydra_plugins.sparsity_sweep.LocalLauncher).
 LAUNCHER_TARGET = "hydra_plugins.sparsity_sweep.SlurmLauncher"
 # SLURM states of a job that ended without running to its end: no result will come.
 KILLED_STATES = {"CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -44,6 +57,33 @@ POLL_S = 1.0
 SINFO_TIMEOUT_S = 60
 
 log = logging.getLogger(__name__)
+
+
+class LocalLauncher(JoblibLauncher):
+    """hydra-joblib-launcher's launcher (worker processes on this machine): its workers stop when the
+    launching process is killed outright, and a killed worker process fails its batch's jobs, not the sweep."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        # loky runs the initializer in every worker as it starts, busy or idle (n_jobs=1: no worker, no watch)
+        self.joblib.update(initializer=lifecycle.watch_launcher, initargs=(lifecycle.process_tag(),))
+        try:
+            return super().launch(job_overrides, initial_job_idx)
+        except TerminatedWorkerError as e:
+            return self._worker_killed(job_overrides, initial_job_idx, e)
+
+    def _worker_killed(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+                       error: TerminatedWorkerError) -> list[JobReturn]:
+        """joblib has killed the other workers too: every job of the batch without a result of its own
+        gets a failed one, and the runs they left RUNNING are closed FAILED."""
+        codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(error))
+        status = (f"failed: a worker process was killed (exit codes: {codes.group(1) if codes else 'unknown'}); "
+                  f"joblib stopped the jobs still running")
+        returns = [recorded_result(job_config(self, list(overrides), initial_job_idx + i), list(overrides), status)
+                   for i, overrides in enumerate(job_overrides)]
+        failed = sum(ret.return_value["status"] == status for ret in returns)
+        print(f"sweep: {status.removeprefix('failed: ')}: {failed} of {len(returns)} jobs recorded as failed",
+              file=sys.stderr, flush=True)
+        return returns
 
 
 class SlurmLauncher(submitit_launcher.SlurmLauncher):
@@ -120,41 +160,51 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         result = ret.return_value if ret.status == JobStatus.COMPLETED else None
         if isinstance(result, dict) and str(result.get("status", "")).startswith("failed"):
             # a signal can stop a job while it opens its run, before the run can be closed: close it here
-            self._close_runs(self._job_config(job, overrides, job_num), result["status"], job)
+            close_runs_of(job_config(self, overrides, job_num, job.job_id), result["status"], overrides)
         return ret
-
-    def _job_config(self, job, overrides: list[str], job_num: int) -> DictConfig:
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(config.hydra.job):
-            config.hydra.job.id = job.job_id
-            config.hydra.job.num = job_num
-        return config
 
     def _failed(self, job, overrides: list[str], job_num: int, reason: str) -> JobReturn:
         """Record a job that ended without a result: result.json for the summary, its run closed FAILED."""
         status = f"failed: {reason}"[:500]
-        config = self._job_config(job, overrides, job_num)
-        job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-        result_file = job_dir / names.RESULT_FILE
-        parent_run_id = os.environ.get(names.ENV_PARENT_RUN_ID)
-        result = json.loads(result_file.read_text()) if result_file.exists() else {}
-        if result.get("parent_run_id") != parent_run_id:  # the job did not record its outcome (as cli.hydra_job)
-            result = {"point": describe_point(overrides), **JobOutcome(status).as_dict(), "parent_run_id": parent_run_id}
-            job_dir.mkdir(parents=True, exist_ok=True)
-            result_file.write_text(json.dumps(result))
-        self._close_runs(config, status, job)
+        ret = recorded_result(job_config(self, overrides, job_num, job.job_id), overrides, status)
         print(f"SLURM job {job.job_id} [{describe_point(overrides)}]: {status}", file=sys.stderr)
-        ret = JobReturn(overrides=overrides, cfg=None, hydra_cfg=None, working_dir=str(job_dir),
-                        task_name=str(config.hydra.job.name), status=JobStatus.COMPLETED)
-        ret.return_value = result
         return ret
 
-    @staticmethod
-    def _close_runs(config: DictConfig, status: str, job) -> None:
-        try:
-            close_running_runs(config, status)
-        except Exception as e:  # noqa: BLE001 - the other jobs' results still count
-            print(f"warning: could not close the MLflow run of SLURM job {job.job_id}: {e}", file=sys.stderr)
+
+def job_config(launcher, overrides: list[str], job_num: int, job_id: str | None = None) -> DictConfig:
+    """A job's config as its launcher gave it to the job (its output folder depends on its number)."""
+    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    with open_dict(config.hydra.job):
+        config.hydra.job.id = job_id or f"{config.hydra.job.name}_{job_num}"  # as hydra-joblib-launcher names it
+        config.hydra.job.num = job_num
+    return config
+
+
+def recorded_result(config: DictConfig, overrides: list[str], status: str) -> JobReturn:
+    """A job that ended without returning: the result it recorded in this sweep (<job dir>/result.json, as
+    cli.hydra_job writes it), else `status` (`failed: <reason>`) written there for the summary. A run it
+    left RUNNING is closed FAILED with `status`."""
+    job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+    result_file = job_dir / names.RESULT_FILE
+    parent_run_id = os.environ.get(names.ENV_PARENT_RUN_ID)
+    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if result.get("parent_run_id") != parent_run_id:
+        result = {"point": describe_point(overrides), **JobOutcome(status).as_dict(), "parent_run_id": parent_run_id}
+        job_dir.mkdir(parents=True, exist_ok=True)
+        result_file.write_text(json.dumps(result))
+    close_runs_of(config, status, overrides)
+    ret = JobReturn(overrides=overrides, cfg=None, hydra_cfg=None, working_dir=str(job_dir),
+                    task_name=str(config.hydra.job.name), status=JobStatus.COMPLETED)
+    ret.return_value = result
+    return ret
+
+
+def close_runs_of(config: DictConfig, status: str, overrides: list[str]) -> None:
+    """`close_running_runs`, with a warning instead of an exception: the other jobs' results still count."""
+    try:
+        close_running_runs(config, status)
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: could not close the MLflow run of job [{describe_point(overrides)}]: {e}", file=sys.stderr)
 
 
 def name_time_limit() -> None:
@@ -206,7 +256,8 @@ def close_running_runs(config: DictConfig, status: str) -> None:
     """A job that has ended but left its run RUNNING (killed outright, or stopped while it opened the run):
     close the run FAILED with the reason.
 
-    The run is found by this sweep's parent run and the job's config hash, as the job tagged it.
+    The run is found by this sweep's parent run and the job's config hash, as the job tagged it (after
+    `validate`, which writes `density=1` back as 1.0).
     """
     parent_run_id = os.environ.get(names.ENV_PARENT_RUN_ID)
     if not parent_run_id:
@@ -214,6 +265,10 @@ def close_running_runs(config: DictConfig, status: str) -> None:
     task_cfg = copy.deepcopy(config)  # the job's config as the task sees it (hydra.core.utils.run_job)
     with read_write(task_cfg), open_dict(task_cfg):
         del task_cfg["hydra"]
+        try:
+            validate(task_cfg)
+        except ConfigError:  # an invalid point opens no run
+            return
     client = MlflowClient(tracking_uri=config.tracking.uri)
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     if experiment is None:

@@ -1,5 +1,7 @@
 """The names that tie the parts together (contract.md): defined once, imported everywhere."""
 
+import math
+
 # Node locations of one block, in forward order. Recording, activation sparsity, pruning masks,
 # edge counting and circuit drawing all use these names: `layer.<i>.<location>[<channel>]`.
 NODE_LOCATIONS = (
@@ -33,6 +35,7 @@ TAG_RUN_NAME = "mlflow.runName"
 KIND_PARENT = "parent"
 KIND_JOB = "job"
 TAG_PROCESS = "sweep.process"  # host:pid:start of the process that opened the run (finds orphaned runs)
+TAG_LAUNCHER_PROCESS = "sweep.launcher_process"  # host:pid:start of the sweep's launching process (a job's run)
 STATUS_RUNNING = "running"
 STATUS_FINISHED = "finished"
 STATUS_SKIPPED = "skipped"  # `skipped: duplicate of <run_id>`: the point already has a finished run
@@ -68,12 +71,15 @@ CIRCUIT_PER_TASK = ("nodes", "edges", "loss", "full_loss", "solved", "necessity_
                     "nodes_restart_median",  # median over the method's rankings (restarts, penalties) of the bisection's nodes
                     "cue_distance",  # tokens before the last one where the two prompts of a pair first differ (median)
                     "empty_loss")  # every node ablated: what the ablation values and the bigram table do alone
-EDGES_GEOMEAN = "circuit/edges_geomean"
+EDGES_GEOMEAN = "circuit/edges_geomean"  # the geomean (below) of the solved tasks' edges
 NODES_GEOMEAN = "circuit/nodes_geomean"
 TASKS_SOLVED_FRAC = "circuit/tasks_solved_frac"
 CONTROL_EDGES = "circuit/control/edges"
 CONTROL_SOLVED = "circuit/control/solved"
-TAG_STAGE = "sweep.stage"  # train (with pruning) | prune (a re-prune of a stored checkpoint)
+TAG_STAGE = "sweep.stage"  # STAGE_TRAIN (with pruning; the tag may be absent) | STAGE_PRUNE (a re-prune of a stored checkpoint)
+STAGE_TRAIN = "train"
+STAGE_PRUNE = "prune"
+STATUS_FAILED = "failed"  # `failed: <reason>`
 TAG_TRAIN_RUN = "sweep.train_run_id"
 
 
@@ -116,3 +122,10 @@ RESULT_FILE = "result.json"
 
 # Environment variable through which the launching process hands the parent run to its jobs.
 ENV_PARENT_RUN_ID = "SWEEP_PARENT_RUN_ID"
+
+
+def geomean(counts) -> float:
+    """The circuit aggregates' geometric mean (`circuit/edges_geomean`, `nodes_geomean`): counts below 1
+    count as 1 (a circuit of 0 edges is not infinitely small); NaN for none."""
+    v = [max(float(c), 1.0) for c in counts]
+    return math.exp(sum(math.log(c) for c in v) / len(v)) if v else math.nan

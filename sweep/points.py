@@ -1,22 +1,88 @@
-"""How a grid point is named: in the summary, in run names, on progress bars."""
+"""A grid point: its identity (what a job computes, wherever it runs) and its one label format."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import hashlib
+import json
+from pathlib import Path
 
-WHERE_KEYS = ("tracking.", "hydra.", "data.cache_dir")  # where a job logs or writes, not what it is
-AXIS_KEYS = ("model.width_mult=", "sparsity.density=", "seed=", "experiment=")
+from omegaconf import DictConfig, OmegaConf
+
+# Keys that say where or how a job runs or logs, not what it computes: out of a point's identity,
+# its label and the analysis's comparison of settings. Paths are here; what they point to is not
+# (the corpus and the task templates count by content, below).
+WHERE_KEYS = ("tracking", "hydra", "train.device", "train.threads", "data.cache_dir", "tasks.template_dir")
+AXIS_KEYS = ("model.width_mult", "sparsity.density", "seed")
+CORPUS_KEY = "data.corpus"  # in the identity: the content hash of the files data.source reads
+TEMPLATES_KEY = "tasks.templates"  # in the identity: the content hash of the YAML tasks in tasks.template_dir
+
+
+def is_where_key(key: str) -> bool:
+    """`tracking.uri`, `hydra.job.num`, `data.cache_dir`, ... (an override's leading + or ~ ignored)."""
+    key = key.lstrip("+~")
+    return any(key == w or key.startswith(w + ".") for w in WHERE_KEYS)
+
+
+def flatten(cfg: DictConfig) -> dict[str, object]:
+    """Resolved config as {dotted.key: value}."""
+    out: dict[str, object] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def identity(cfg: DictConfig) -> dict[str, object]:
+    """What a job computes: the resolved config without its where keys, with the corpus and the task
+    templates by content, so that two checkouts at different paths (or another cache folder) agree."""
+    from sweep.corpus import source_hash  # reads the corpus's files (once per process)
+
+    flat = {k: v for k, v in flatten(cfg).items() if not is_where_key(k)}
+    if "data.source" in flat:
+        flat[CORPUS_KEY] = source_hash(str(flat.pop("data.source")))
+    if (template_dir := OmegaConf.select(cfg, "tasks.template_dir")) is not None:
+        flat[TEMPLATES_KEY] = templates_hash(Path(template_dir))
+    return flat
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """The point's identity as a short hash: equal hash, same point."""
+    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def templates_hash(template_dir: Path) -> str:
+    """Content hash of the YAML task files of a folder (names and contents); `none` without any."""
+    files = sorted(template_dir.glob("*.yaml")) if template_dir.is_dir() else []
+    if not files:
+        return "none"
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
 
 
 def describe_point(overrides) -> str:
     """The overrides that make a point what it is."""
-    return " ".join(o for o in overrides if not o.startswith(WHERE_KEYS)) or "(defaults)"
+    return " ".join(o for o in overrides if not is_where_key(o.split("=", 1)[0])) or "(defaults)"
+
+
+def label(width, density, seed=None) -> str:
+    """The one label of a point: `w2-d0.06-s0`, or `w2-d0.06` for a point over its seeds."""
+    base = f"w{float(width):g}-d{float(density):g}"
+    return base if seed is None else f"{base}-s{int(seed)}"
 
 
 def point_label(cfg: DictConfig, overrides=()) -> str:
     """Short name such as `w2-d0.06-s0 lr=0.005`: the grid axes, then any other override."""
-    extras = [_short(o) for o in overrides if "=" in o and not o.startswith(WHERE_KEYS + AXIS_KEYS)]
-    return " ".join([f"w{cfg.model.width_mult}-d{cfg.sparsity.density:g}-s{cfg.seed}", *extras])
+    extras = [_short(o) for o in overrides if "=" in o and not is_where_key(o.split("=", 1)[0])
+              and o.split("=", 1)[0].lstrip("+~") not in (*AXIS_KEYS, "experiment")]
+    return " ".join([label(cfg.model.width_mult, cfg.sparsity.density, cfg.seed), *extras])
 
 
 def _short(override: str) -> str:

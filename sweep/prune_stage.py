@@ -69,10 +69,6 @@ def _positive(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def _geomean(values: list[float]) -> float:
-    return math.exp(sum(math.log(max(v, 1)) for v in values) / len(values)) if values else float("nan")
-
-
 def judge(model: GPT, task_set: tasks.TaskSet, task: int, circuit: Circuit, evaluator: Evaluator, target_loss: float,
           tokenizer: Tokenizer = BYTES):
     """A circuit's size and honesty checks (per-task metric values), its node names and its edges."""
@@ -130,7 +126,7 @@ def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metri
                        {"task": task_set.name, **values, "target_loss": p.target_loss, "ablation": p.ablation,
                         "method": p.method, "nodes": nodes, "edges": [list(e) for e in edges]})
             draw(Path(tmp) / f"{task_set.name}.png", task_set.name, nodes, edges, model.shape.n_layer, tokenizer.token_text)
-        metrics.update({names.EDGES_GEOMEAN: _geomean(solved_edges), names.NODES_GEOMEAN: _geomean(solved_nodes),
+        metrics.update({names.EDGES_GEOMEAN: names.geomean(solved_edges), names.NODES_GEOMEAN: names.geomean(solved_nodes),
                         names.TASKS_SOLVED_FRAC: len(solved_edges) / (len(task_list) - 1),
                         names.TIME_PRUNE: time.perf_counter() - start})
         log_metrics(metrics)

@@ -15,51 +15,22 @@ import time
 from pathlib import Path
 
 import torch
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from sweep import names
+from sweep import checkpoint, names, tracking
 from sweep.data import load_corpus
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
-from sweep.job import build_model, exit_on_sigterm, resolve_device
-from sweep.points import point_label
+from sweep.job import exit_on_sigterm, resolve_device
+from sweep.paths import CONF_DIR, DEFAULT_TRACKING_URI
+from sweep.points import config_hash, point_label
 from sweep.prune_stage import run_pruning
-from sweep.tracking import (PROJECT_ROOT, JobRun, check_server, config_hash, end_parent_run, is_server, sqlite_path,
-                            start_parent_run)
+from sweep.tracking import JobRun, end_parent_run, start_parent_run
 from sweep.validate import validate
 
 CHANGEABLE = ("prune.", "tasks.", "tracking.")
 CARRIED_PREFIXES = ("capability/", "model/", "collapse/", "time/train_s", "perf/")
-DEFAULT_URI = f"sqlite:///{Path(__file__).resolve().parent.parent / 'mlflow.db'}"
-
-
-def load_training_run(client: MlflowClient, run_id: str, workdir: Path):
-    """The training run, its resolved config and its checkpoint; ConfigError if either is missing."""
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError("run_id", run_id, f"no such run in {client.tracking_uri}") from None
-    try:
-        config = client.download_artifacts(run_id, names.ARTIFACT_CONFIG, str(workdir))
-        checkpoint = client.download_artifacts(run_id, names.ARTIFACT_CHECKPOINT, str(workdir))
-    except (MlflowException, OSError):
-        raise ConfigError("run_id", run_id, f"has no checkpoint ({names.ARTIFACT_CHECKPOINT} and "
-                                            f"{names.ARTIFACT_CONFIG}): only finished training runs can be pruned again") from None
-    return run, OmegaConf.load(config), checkpoint
-
-
-def open_store(tracking_uri: str) -> MlflowClient:
-    """A client on an existing store: a missing SQLite file is an error, not a new empty store; a tracking
-    server must answer and its database work."""
-    db = sqlite_path(tracking_uri)
-    if db is not None and not db.exists():
-        raise ConfigError("tracking.uri", tracking_uri, "no MLflow store there; run a sweep first or pass tracking.uri=")
-    if is_server(tracking_uri):
-        check_server(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -71,7 +42,7 @@ def check_overrides(overrides: list[str]) -> None:
 @functools.cache
 def current_defaults() -> DictConfig:
     """The prune and tasks settings a job would get today (conf/ as composed by `python -m sweep`)."""
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         composed = compose("config")
     return OmegaConf.create({"prune": composed.prune, "tasks": composed.tasks})
 
@@ -85,27 +56,21 @@ def repruned_config(cfg, overrides: list[str], tracking_uri: str):
     return cfg
 
 
-def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_URI, parent_run_id: str | None = None) -> str:
+def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_TRACKING_URI, parent_run_id: str | None = None) -> str:
     """Prune the checkpoint of `run_id` with changed prune / task settings; return the new run's id.
     The new run joins `parent_run_id`, or the training run's own parent."""
     check_overrides(overrides)
-    client = open_store(tracking_uri)
+    client = tracking.open_store(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        train_run, cfg, checkpoint = load_training_run(client, run_id, Path(tmp))
+        train_run, cfg, stored = tracking.load_training_run(client, run_id, Path(tmp))
         cfg = repruned_config(cfg, overrides, tracking_uri)
         torch.set_num_threads(cfg.train.threads)
-        device = resolve_device(cfg.train.device)
-        model = build_model(cfg)
-        try:  # a corrupt file, or weights that do not fit the model its config.yaml describes
-            model.load_state_dict(torch.load(checkpoint, weights_only=True))
-        except Exception as e:  # noqa: BLE001 - any failure to load is the checkpoint's
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
-            raise ConfigError("RUN", run_id, f"its checkpoint cannot be loaded ({type(e).__name__}: {reason})") from None
-        model.to(device)
-    corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
+        corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
+        model, _ = checkpoint.load(stored, run_id, cfg, corpus.tokenizer.hash)  # trained on this tokenizer?
+        model.to(resolve_device(cfg.train.device))
 
     exit_on_sigterm()
-    tags = {names.TAG_STAGE: "prune", names.TAG_TRAIN_RUN: run_id, names.TAG_CORPUS_HASH: corpus.corpus_hash}
+    tags = {names.TAG_STAGE: names.STAGE_PRUNE, names.TAG_TRAIN_RUN: run_id, names.TAG_CORPUS_HASH: corpus.corpus_hash}
     label = f"{point_label(cfg)} prune {' '.join(overrides)}".strip()
     with JobRun(cfg, label, parent_run_id or train_run.data.tags.get(names.TAG_PARENT), tags) as run:
         run.log_metrics({k: v for k, v in train_run.data.metrics.items() if k.startswith(CARRIED_PREFIXES)})
@@ -114,27 +79,21 @@ def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_URI, 
 
 
 def reprune_experiment(experiment: str, overrides: list[str],
-                       tracking_uri: str = DEFAULT_URI) -> tuple[list[str], list[tuple[str, str]]]:
+                       tracking_uri: str = DEFAULT_TRACKING_URI) -> tuple[list[str], list[tuple[str, str]]]:
     """Re-prune every finished training run of `experiment`: the new runs' ids, and (run id, reason) of
     the runs that could not be (a bad checkpoint), which do not stop the others."""
     check_overrides(overrides)
-    client = open_store(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        existing = ", ".join(e.name for e in client.search_experiments()) or "none"
-        raise ConfigError("EXPERIMENT", experiment, f"no such experiment in {tracking_uri}; existing: {existing}")
+    client = tracking.open_store(tracking_uri)
+    experiment_id = tracking.experiment_id_of(client, experiment)
     tracking_cfg = OmegaConf.create({"uri": tracking_uri, "experiment": experiment})
-    trained = [r for r in client.search_runs([found.experiment_id], f"tags.`{names.TAG_KIND}` = '{names.KIND_JOB}' and "
-                                             f"tags.`{names.TAG_STATUS}` = '{names.STATUS_FINISHED}'", max_results=50000)
-               if r.data.tags.get(names.TAG_STAGE) != "prune"]
+    trained = tracking.finished_training_runs(client, experiment_id)
     if not trained:
         raise ConfigError("EXPERIMENT", experiment, "has no finished training run to prune again")
-    done = {r.data.tags.get(names.TAG_CONFIG_HASH) for r in client.search_runs(
-        [found.experiment_id], f"tags.`{names.TAG_STATUS}` = '{names.STATUS_FINISHED}'", max_results=50000)}
+    done = {r.data.tags.get(names.TAG_CONFIG_HASH) for r in tracking.job_runs(client, experiment_id) if tracking.is_finished(r)}
     todo = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in trained:  # every new config is checked before anything is logged
-            _, cfg, _ = load_training_run(client, run.info.run_id, Path(tmp))
+            _, cfg, _ = tracking.load_training_run(client, run.info.run_id, Path(tmp))
             if config_hash(repruned_config(cfg, overrides, tracking_uri)) not in done:
                 todo.append(run)
     print(f"re-pruning {len(todo)} of {len(trained)} training runs of '{experiment}' "
@@ -166,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args or "=" in args[0] or (args[0] == "--experiment" and experiment is None):
         print(__doc__.strip().splitlines()[0], file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    uri = next((a.split("=", 1)[1] for a in rest if a.startswith("tracking.uri=")), DEFAULT_URI)
+    uri = next((a.split("=", 1)[1] for a in rest if a.startswith("tracking.uri=")), DEFAULT_TRACKING_URI)
     overrides = [a for a in rest if not a.startswith("tracking.uri=")]
     try:
         if experiment:

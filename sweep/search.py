@@ -4,7 +4,10 @@ A multi-objective study minimises `capability/val_loss` and `circuit/edges_geome
 space written in Hydra's override grammar (`conf/hydra/sweeper/optuna.yaml`). The sweeper asks
 optuna for a batch of trials, launches them as ordinary jobs through the configured launcher (each
 job logs its own MLflow child run under the sweep's parent run), and tells optuna the two objectives.
-The study lives in an RDB storage, so a rerun resumes it; at the end its Pareto set is written out.
+The study lives in an RDB storage (a SQLite file, or PostgreSQL for a team), so a rerun resumes it;
+at the end its Pareto set is written out. Several searches may run on one study at once (one machine
+or several): they ask for trials in turn under the storage's lock, each trial drawn with its own seed,
+and n_trials is the budget of the study, shared by all of them.
 
 Hydra instantiates sweepers only from the `hydra_plugins` namespace: the class Hydra sees is
 `hydra_plugins.sparsity_sweep.OptunaSweeper`, a subclass of the one here.
@@ -12,11 +15,14 @@ Hydra instantiates sweepers only from the `hydra_plugins` namespace: the class H
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import json
 import math
 import os
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -28,10 +34,10 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from sweep import names
+from sweep import lifecycle, names
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.points import describe_point
-from sweep.tracking import PROJECT_ROOT, sqlite_path
+from sweep.tracking import PROJECT_ROOT, REDACTED, redact_uri, sqlite_path
 from sweep.validate import validate
 
 if TYPE_CHECKING:  # optuna is imported on use: every Hydra start-up imports this module (plugin scan)
@@ -43,8 +49,13 @@ RESULT_KEYS = ("val_loss", "edges_geomean")  # the same two values in a job's re
 DIRECTIONS = ("minimize", "maximize")
 SPACE_ATTR, SPACE_TEXT_ATTR = "search_space", "search_space_text"  # study user attrs
 TAG_STUDY, TAG_TRIAL = "optuna.study", "optuna.trial"  # tags on each trial's MLflow child run
+POINT_ATTR, PROCESS_ATTR = "point", "process"  # trial user attrs: its overrides, the search that runs it
+STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
+# PostgreSQL advisory lock (one per database) that searches on the storage take turns on
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"sparsity-sweep optuna storage").digest()[:8], "big", signed=True)
 PARETO_FILE = "pareto.csv"
-MAX_INFEASIBLE_IN_A_ROW = 200
+MAX_INFEASIBLE_IN_A_ROW = 200  # infeasible or repeated samples
+_announced_trials: int | None = None  # trials the pre-flight announced: the sweep's summary expects an outcome each
 
 
 def is_search(config: DictConfig) -> bool:
@@ -67,6 +78,8 @@ class Search:
     space: dict[str, Any] = field(default_factory=dict)  # name -> optuna distribution
     space_text: dict[str, str] = field(default_factory=dict)  # name -> its override grammar text
     fixed: list[str] = field(default_factory=list)  # overrides every trial gets
+    _storage: Any = field(default=None, init=False, repr=False)  # optuna's RDBStorage, opened on use
+    _lock_engine: Any = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_config(cls, config: DictConfig, loader, arguments: Sequence[str]) -> "Search":
@@ -75,9 +88,9 @@ class Search:
         name, storage = s.get("study_name"), s.get("storage")
         if not isinstance(name, str) or not name:
             raise ConfigError("hydra.sweeper.study_name", name, "must be a non-empty string")
-        if not isinstance(storage, str) or not storage.startswith(("sqlite:///", "postgresql", "mysql")):
-            raise ConfigError("hydra.sweeper.storage", storage, "allowed: an absolute sqlite:///<path>.db, or a "
-                              "PostgreSQL or MySQL URL")
+        if not isinstance(storage, str) or not storage.startswith(STORAGE_SCHEMES):
+            raise ConfigError("hydra.sweeper.storage", redact_uri(storage) if isinstance(storage, str) else storage,
+                              "allowed: an absolute sqlite:///<path>.db, or postgresql://user@host:port/database")
         db = sqlite_path(storage)
         if db is not None and not db.is_absolute():
             raise ConfigError("hydra.sweeper.storage", storage, "a SQLite storage must be an absolute path "
@@ -130,42 +143,91 @@ class Search:
         return {"objectives": list(OBJECTIVES), "directions": self.directions,
                 "params": {k: json.loads(distribution_to_json(d)) for k, d in self.space.items()}}
 
-    def storage_object(self):
-        from optuna.storages import RDBStorage
+    def lock(self) -> contextlib.AbstractContextManager:
+        """One search at a time on this storage (creating its tables or a study, asking for trials): a lock
+        file beside a SQLite file; on PostgreSQL an advisory lock, which the server drops if the process dies."""
         db = sqlite_path(self.storage)
+        if db is not None:
+            from filelock import FileLock
+            db.parent.mkdir(parents=True, exist_ok=True)
+            return FileLock(f"{db}.lock")
+        return _advisory_lock(self._engine())
+
+    def _engine(self):
+        """A SQLAlchemy engine on the storage without a pool: for the lock and a look at its tables."""
+        if self._lock_engine is None:
+            import sqlalchemy
+            self._lock_engine = sqlalchemy.create_engine(self.storage, poolclass=sqlalchemy.pool.NullPool)
+        return self._lock_engine
+
+    def _tables(self) -> set[str]:
+        """The storage's tables (none for a SQLite file that does not exist: it is not created here).
+        Refuses a database of another application: optuna would add its tables, then fail on their version."""
+        import sqlalchemy
+        db = sqlite_path(self.storage)
+        if db is not None and not db.exists():
+            return set()
+        tables = set(sqlalchemy.inspect(self._engine()).get_table_names())
+        if "alembic_version" in tables and "version_info" not in tables:  # optuna has both
+            raise ConfigError("hydra.sweeper.storage", redact_uri(self.storage),
+                              "this database holds another application's tables (MLflow's?), and optuna cannot share "
+                              "its alembic_version table; give the study a database of its own "
+                              "(CREATE DATABASE optuna OWNER <user>)")
+        return tables
+
+    @contextlib.contextmanager
+    def _opening(self):
+        """Errors of a storage that cannot be opened, as ConfigError, without its password."""
         try:
-            if db is not None:
-                db.parent.mkdir(parents=True, exist_ok=True)
-            return RDBStorage(self.storage)
-        except Exception as e:  # noqa: BLE001 - a URL SQLAlchemy cannot open, an unwritable folder
-            raise ConfigError("hydra.sweeper.storage", self.storage, f"cannot open it ({type(e).__name__}: {e})") from None
+            yield
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a URL SQLAlchemy cannot open, a server that refuses, a read-only folder
+            why = _without_password((str(e).splitlines() or [""])[0], self.storage)  # SQLAlchemy adds a link line
+            raise ConfigError("hydra.sweeper.storage", redact_uri(self.storage),
+                              f"cannot open it ({type(e).__name__}: {why})") from None
+
+    def storage_object(self):
+        """Optuna's storage; its tables are created (on a new storage) by one search at a time."""
+        if self._storage is None:
+            from optuna.storages import RDBStorage
+            with self._opening(), self.lock():
+                self._tables()
+                self._storage = RDBStorage(self.storage)
+        return self._storage
 
     def load_study(self) -> "optuna.Study | None":
         """The existing study, checked against this search space; None if there is none (nothing is created)."""
         import optuna
-        db = sqlite_path(self.storage)
-        if db is not None and not db.exists():
-            return None
-        try:
-            study = optuna.load_study(study_name=self.study_name, storage=self.storage_object())
-        except KeyError:
-            return None
-        self._check(study)
+        with self._opening():
+            if "studies" not in self._tables():
+                return None
+            storage = self.storage_object()
+        with self.lock():
+            try:
+                study = optuna.load_study(study_name=self.study_name, storage=storage)
+            except KeyError:
+                return None
+            self._check(study)
         return study
 
     def create_study(self) -> "optuna.Study":
-        """Open or create the study (in the launching process, before any worker) with a seeded sampler."""
+        """Open or create the study (in the launching process, before any worker)."""
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = self.load_study()
-        if study is None:
-            study = optuna.create_study(study_name=self.study_name, storage=self.storage_object(),
-                                        directions=self.directions, load_if_exists=True)
+        storage = self.storage_object()
+        with self.lock():  # another search may be creating it, or adopting it for its search space
+            study = optuna.create_study(study_name=self.study_name, storage=storage, directions=self.directions,
+                                        load_if_exists=True)
             self._check(study)
-        # Offset by the study's trials: a resumed study must not draw its first random points again.
-        study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(study.trials), multivariate=True,
-                                                   constant_liar=True, n_startup_trials=self.n_startup_trials)
         return study
+
+    def sampler(self, n_trials_before: int) -> "optuna.samplers.BaseSampler":
+        """The seeded TPE sampler for the next trial, offset by the trials before it: a resumed study, or
+        another search on it, never draws the same random points again."""
+        import optuna
+        return optuna.samplers.TPESampler(seed=self.seed + n_trials_before, multivariate=True, constant_liar=True,
+                                          n_startup_trials=self.n_startup_trials)
 
     def _check(self, study: "optuna.Study") -> None:
         """Refuse a study made for another search space; adopt an empty study that has none recorded."""
@@ -187,19 +249,52 @@ class Search:
                 diffs.append(f"directions {stored['directions']} in the study, {current['directions']} now")
             what = "was created with a different search space (" + "; ".join(diffs) + ")"
         raise ConfigError("hydra.sweeper.study_name", self.study_name,
-                          f"this study in {self.storage} {what}; rerun with the study's hydra.sweeper.params, "
-                          f"or start a new study with another hydra.sweeper.study_name")
+                          f"this study in {redact_uri(self.storage)} {what}; rerun with the study's "
+                          f"hydra.sweeper.params, or start a new study with another hydra.sweeper.study_name")
 
     def remaining(self, study: "optuna.Study | None") -> int:
-        return self.n_trials - (0 if study is None else len(ran(study)))
+        return self.n_trials - (0 if study is None else len(counted(study)))
 
 
 def ran(study: "optuna.Study") -> list:
-    """Trials that ran a job (complete, or failed with the job's status): what n_trials counts.
+    """Trials that ran a job (complete, or failed with the job's status).
     Infeasible samples and trials cut off by an interrupted sweep do not count."""
     from optuna.trial import TrialState
     return [t for t in study.get_trials(deepcopy=False)
             if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "status" in t.user_attrs)]
+
+
+def running(study: "optuna.Study") -> list:
+    """Trials that a search which may still be alive is running (this one, another on any machine)."""
+    from optuna.trial import TrialState
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if PROCESS_ATTR in t.user_attrs and not lifecycle.is_orphaned(t.user_attrs[PROCESS_ATTR])]
+
+
+def counted(study: "optuna.Study") -> list:
+    """What n_trials counts: the trials that ran a job, and those running now."""
+    return ran(study) + running(study)
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine):
+    """PostgreSQL's session advisory lock LOCK_KEY, held while the block runs."""
+    from sqlalchemy import text
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+
+
+def _without_password(text: str, uri: str) -> str:
+    """`text` with the password of `uri` (as written, and percent-decoded) replaced by ***."""
+    password = urllib.parse.urlsplit(uri).password
+    for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def _int(settings: dict, key: str, low: int) -> int:
@@ -268,6 +363,7 @@ def sweep_points(config: DictConfig, loader) -> list[tuple[str, DictConfig]]:
     config every trial shares; returns one entry per trial to run, each the shared config (the
     sweeper validates every sampled point itself). A complete study exits 0 here with its Pareto set.
     Bad input exits 2 here: Hydra turns an exception raised in a callback into a warning and goes on."""
+    global _announced_trials
     try:
         search = Search.from_config(config, loader, list(config.hydra.overrides.task))
         base = loader.load_sweep_config(config, search.fixed)
@@ -280,10 +376,13 @@ def sweep_points(config: DictConfig, loader) -> list[tuple[str, DictConfig]]:
         sys.exit(EXIT_BAD_INPUT)
     remaining = search.remaining(study)
     if remaining <= 0:
-        print(f"study '{search.study_name}' already has {len(ran(study))} trials (hydra.sweeper.n_trials="
+        busy = len(running(study))
+        print(f"study '{search.study_name}' already has {len(counted(study))} trials"
+              f"{f' ({busy} of them running in another search)' if busy else ''} (hydra.sweeper.n_trials="
               f"{search.n_trials}): nothing to run; raise hydra.sweeper.n_trials to add trials")
         report(study, search, Path(config.hydra.sweep.dir))
         sys.exit(0)
+    _announced_trials = remaining
     point = describe_point(search.fixed)
     return [(f"trial {i + 1} of {remaining}: {point}", base) for i in range(remaining)]
 
@@ -318,17 +417,17 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-        if stale:
-            print(f"note: trials {stale} of study '{search.study_name}' are still RUNNING (another search, or an "
-                  f"interrupted one): not counted", file=sys.stderr)
+        _close_stale_trials(study, search)
 
         returns: list[Sequence[JobReturn]] = []
-        remaining, job_idx, size = search.remaining(study), 0, _batch_size(search, self.config)
-        while remaining > 0:
-            trials, batch = self._ask(study, search, min(size, remaining))
+        announced = search.remaining(study) if _announced_trials is None else _announced_trials
+        launched, size = 0, _batch_size(search, self.config)
+        while launched < announced:
+            trials, batch = self._ask(study, search, min(size, announced - launched))
+            if not trials:  # the rest of the budget ran, or runs, in another search
+                break
             try:
-                results = self.launcher.launch(batch, initial_job_idx=job_idx)
+                results = self.launcher.launch(batch, initial_job_idx=launched)
             except BaseException:
                 for trial in trials:  # not counted: a rerun runs them again
                     trial.set_user_attr("fail_reason", "interrupted: the launch of its batch failed")
@@ -336,36 +435,59 @@ class OptunaSweeper(Sweeper):
                 raise
             for trial, result in zip(trials, results):
                 self._tell(study, trial, result)
-            job_idx += len(batch)
-            remaining -= len(batch)
+            launched += len(batch)
             returns.append(results)
+        _record_not_run(search, sweep_dir, launched, announced)
         report(study, search, sweep_dir, self.config.tracking.uri, os.environ.get(names.ENV_PARENT_RUN_ID))
         return returns
 
     def _ask(self, study, search: Search, n: int) -> tuple[list, list[list[str]]]:
-        """n feasible trials: an infeasible sample is told FAIL with its reason (it ran nothing and does not count)."""
+        """Up to n new, feasible trials, no more than the study's budget has left. Asked under the storage's
+        lock, each trial with its own seed: another search on the study asks in turn and finds these RUNNING,
+        in its budget and as points taken. An infeasible sample (density x d_model < sparsity.min_per_neuron)
+        or a repeat of a point is told FAIL with the reason: it runs nothing and does not count."""
         from optuna.trial import TrialState
         trials, batch, in_a_row = [], [], 0
-        while len(trials) < n:
-            trial = study.ask(search.space)
-            overrides = search.overrides(trial.params)
-            try:
-                validate(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
-            except ConfigError as e:
-                in_a_row += 1
-                trial.set_user_attr("fail_reason", f"infeasible: {e}")
-                study.tell(trial, state=TrialState.FAIL)
-                print(f"infeasible sample, trial {trial.number} [{_params_text(trial.params)}]: {e}; told optuna FAIL, "
-                      f"not run and not counted", file=sys.stderr)
-                if in_a_row >= MAX_INFEASIBLE_IN_A_ROW:
-                    raise ConfigError("hydra.sweeper.params", search.space_text,
-                                      f"{in_a_row} samples in a row were infeasible (last: {e}); narrow the space")
-                continue
-            in_a_row = 0
-            trial.set_user_attr("point", describe_point(overrides))
-            trials.append(trial)
-            batch.append(overrides)
+        with search.lock():
+            taken = counted(study)
+            tried = {_point_key(t.params): t.number for t in taken}
+            n, n_before = min(n, search.n_trials - len(taken)), len(study.get_trials(deepcopy=False))
+            while len(trials) < n:
+                study.sampler = search.sampler(n_before)
+                trial = study.ask(search.space)
+                n_before += 1
+                overrides = search.overrides(trial.params)
+                reason = self._rejection(trial.params, overrides, tried)
+                if reason is not None:
+                    in_a_row += 1
+                    trial.set_user_attr("fail_reason", reason)
+                    study.tell(trial, state=TrialState.FAIL)
+                    kind, _, detail = reason.partition(": ")
+                    print(f"{kind} sample, trial {trial.number} [{_params_text(trial.params)}]: {detail}; told optuna "
+                          f"FAIL, not run and not counted", file=sys.stderr)
+                    if in_a_row >= MAX_INFEASIBLE_IN_A_ROW:
+                        raise ConfigError("hydra.sweeper.params", search.space_text,
+                                          f"{in_a_row} samples in a row were infeasible or repeated (last: {reason}); "
+                                          f"narrow an infeasible space, or widen one whose points were all tried")
+                    continue
+                in_a_row = 0
+                trial.set_user_attr(POINT_ATTR, describe_point(overrides))
+                trial.set_user_attr(PROCESS_ATTR, lifecycle.process_tag())
+                tried[_point_key(trial.params)] = trial.number
+                trials.append(trial)
+                batch.append(overrides)
         return trials, batch
+
+    def _rejection(self, params: dict, overrides: list[str], tried: dict[tuple, int]) -> str | None:
+        """`repeated: ...` for a point that a trial has taken, `infeasible: ...` for a config that cannot run,
+        else None."""
+        if (number := tried.get(_point_key(params))) is not None:
+            return f"repeated: the point of trial {number}"
+        try:
+            validate(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
+        except ConfigError as e:
+            return f"infeasible: {e}"
+        return None
 
     def _tell(self, study, trial, job: JobReturn) -> None:
         """Both objectives of a finished job, or FAIL with the reason (failed, invalid, no task solved)."""
@@ -404,6 +526,44 @@ class OptunaSweeper(Sweeper):
             print(f"{label}: told optuna FAIL: {reason}")
 
 
+def _close_stale_trials(study: "optuna.Study", search: Search) -> None:
+    """Tell FAIL the trials that a killed search on this machine left RUNNING (not counted); note those that
+    another search runs (counted) and those whose search is unknown (not counted)."""
+    from optuna.trial import TrialState
+    with search.lock():
+        left = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        stale = [t.number for t in left if lifecycle.is_orphaned(t.user_attrs.get(PROCESS_ATTR))]
+        for number in stale:
+            study.tell(number, state=TrialState.FAIL)
+    busy = [t.number for t in running(study)]
+    unknown = [t.number for t in left if PROCESS_ATTR not in t.user_attrs]
+    for numbers, what in ((stale, "were left RUNNING by a search on this machine that was killed: told optuna FAIL, "
+                                  "not counted"),
+                          (busy, "are running in another search (hydra.sweeper.n_trials counts them)"),
+                          (unknown, "are RUNNING without a process tag (an older sweeper, or a search killed while "
+                                    "asking): not counted")):
+        if numbers:
+            print(f"note: trials {numbers} of study '{search.study_name}' {what}", file=sys.stderr)
+
+
+def _record_not_run(search: Search, sweep_dir: Path, launched: int, announced: int) -> None:
+    """The announced trials that another search ran instead (the budget is the study's): a `skipped` outcome
+    each, in a folder of the sweep where the summary reads its jobs' outcomes."""
+    from sweep.job import JobOutcome
+    status = (f"{names.STATUS_SKIPPED}: study '{search.study_name}' reached hydra.sweeper.n_trials={search.n_trials} "
+              f"with trials of another search")
+    for number in range(launched + 1, announced + 1):
+        folder = sweep_dir / f"not-run-{number}"
+        folder.mkdir(exist_ok=True)
+        outcome = {"point": f"trial {number} of {announced}", **JobOutcome(status).as_dict(),
+                   "parent_run_id": os.environ.get(names.ENV_PARENT_RUN_ID)}
+        (folder / names.RESULT_FILE).write_text(json.dumps(outcome))
+
+
+def _point_key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
+
+
 def _params_text(params: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -433,14 +593,15 @@ def report(study: "optuna.Study | None", search: Search, sweep_dir: Path, tracki
 
     trials = [] if study is None else study.get_trials(deepcopy=False)
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    counted = 0 if study is None else len(ran(study))
-    infeasible = sum(str(t.user_attrs.get("fail_reason", "")).startswith("infeasible") for t in trials)
+    n_ran = 0 if study is None else len(ran(study))
+    infeasible, repeated = (sum(str(t.user_attrs.get("fail_reason", "")).startswith(kind) for t in trials)
+                            for kind in ("infeasible", "repeated"))
     header = ["trial", *search.space, "val_loss", "edges_geomean", "run"]
     table = [[str(r["trial"]), *(_cell(r[k]) for k in search.space), f"{r[OBJECTIVES[0]]:.4f}",
               f"{r[OBJECTIVES[1]]:.1f}", r["run_id"]] for r in rows]
     widths = [max(len(x) for x in column) for column in zip(header, *table)]
-    print(f"\nstudy '{search.study_name}' ({search.storage}): {counted} trials ran ({complete} complete, "
-          f"{counted - complete} failed), {infeasible} infeasible samples skipped; "
+    print(f"\nstudy '{search.study_name}' ({redact_uri(search.storage)}): {n_ran} trials ran ({complete} complete, "
+          f"{n_ran - complete} failed), {infeasible} infeasible and {repeated} repeated samples skipped; "
           f"Pareto set of {len(rows)} (minimising {' and '.join(OBJECTIVES)}):")
     for line in [header, *table]:
         print("  ".join(x.rjust(w) if i < len(header) - 1 else x for i, (x, w) in enumerate(zip(line, widths))))

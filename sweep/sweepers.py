@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.errors import ConfigError
 from sweep.points import describe_point
-from sweep.tracking import config_hash
+from sweep.points import config_hash
 from sweep.validate import validate
 
 PLAN_FILE = "plan.json"

@@ -17,41 +17,34 @@ from pathlib import Path
 
 import torch
 
-from sweep import names, tasks, tracking
-from sweep.errors import EXIT_BAD_INPUT, ConfigError
+from sweep import checkpoint, points, tasks, tracking
 from sweep.data import run_tokenizer
-from sweep.job import build_model
-from sweep.reprune import DEFAULT_URI, load_training_run, open_store
-
-AXES = ("model.width_mult", "sparsity.density", "seed")
+from sweep.errors import EXIT_BAD_INPUT, ConfigError
+from sweep.paths import DEFAULT_TRACKING_URI
 
 
 def checkpoints(client, experiment: str):
     """(column label, model, config, tokenizer) of every finished training run, by width, density, seed."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise ConfigError("--experiment", experiment, f"no such experiment in {client.tracking_uri}")
-    runs = [r for r in client.search_runs([found.experiment_id], f"tags.`{names.TAG_KIND}` = '{names.KIND_JOB}' and "
-                                          f"tags.`{names.TAG_STATUS}` = '{names.STATUS_FINISHED}'", max_results=50000)
-            if r.data.tags.get(names.TAG_STAGE) != "prune"]
+    runs = tracking.finished_training_runs(client, tracking.experiment_id_of(client, experiment, "--experiment"))
     models = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
-            _, cfg, checkpoint = load_training_run(client, run.info.run_id, Path(tmp))
-            model = build_model(cfg)
-            model.load_state_dict(torch.load(checkpoint, weights_only=True))
-            models.append((cfg, model.eval(), run_tokenizer(cfg.data)))
+            _, cfg, stored = tracking.load_training_run(client, run.info.run_id, Path(tmp))
+            tokenizer = run_tokenizer(cfg.data)
+            model, _ = checkpoint.load(stored, run.info.run_id, cfg, tokenizer.hash)
+            models.append((cfg, model.eval(), tokenizer))
     models.sort(key=lambda m: (m[0].model.width_mult, -m[0].sparsity.density, m[0].seed))
     differing = _differing_settings([c for c, _, _ in models])
-    return [(f"w{c.model.width_mult}d{c.sparsity.density:g}s{c.seed}{extra}", m, c, t)
+    return [(points.label(c.model.width_mult, c.sparsity.density, c.seed) + extra, m, c, t)
             for (c, m, t), extra in zip(models, differing)]
 
 
 def _differing_settings(configs: list) -> list[str]:
     """Per config, ` key=value` for each setting other than width, density and seed whose values differ
     between the checkpoints, so that columns of the same point stay apart."""
-    flat = [{k: v for k, v in tracking.flatten(c).items()
-             if not k.startswith(("tracking.", "prune.", "tasks.", "hydra.")) and k not in AXES} for c in configs]
+    flat = [{k: v for k, v in points.flatten(c).items()
+             if not points.is_where_key(k) and not k.startswith(("prune.", "tasks.")) and k not in points.AXIS_KEYS}
+            for c in configs]
     keys = sorted({k for f in flat for k, v in f.items() if any(g.get(k) != v for g in flat)})
     return ["".join(f" {k.rsplit('.', 1)[-1]}={f.get(k)}" for k in keys) for f in flat]
 
@@ -106,14 +99,14 @@ def summary(columns, cues: dict, losses: dict, targets=(0.3, 0.15), far: int = 2
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--experiment", default="frontier")
-    parser.add_argument("--tracking-uri", default=DEFAULT_URI)
+    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: the twenty and the control)")
     args = parser.parse_args(argv)
     task_names = args.tasks.split(",") if args.tasks else [*tasks.PAPER_TASKS, tasks.CONTROL]
     try:
         for name in task_names:
             tasks.check_task(name, n_ctx=10**6)
-        columns = checkpoints(open_store(args.tracking_uri), args.experiment)
+        columns = checkpoints(tracking.open_store(args.tracking_uri), args.experiment)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

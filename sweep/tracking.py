@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import re
 import subprocess
@@ -16,14 +14,14 @@ from pathlib import Path
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import lifecycle, names
+from sweep.paths import PROJECT_ROOT
+from sweep.points import config_hash, flatten
 from sweep.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# Keys that say where or how a job runs, not what it computes: left out of the config hash.
-UNHASHED_KEYS = ("tracking", "train.device", "train.threads")
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
 MLFLOW_PARAM_BATCH_LIMIT = 100
 MLFLOW_RUN_NAME_LIMIT = 250  # characters: runs.name is VARCHAR(250) on PostgreSQL/MySQL (SQLite does not check)
@@ -104,7 +102,6 @@ def _probe_server(uri: str) -> str | None:
     """Why the server at `uri` cannot be used, or None. Two requests without retries, with the credentials
     and TLS settings MLflow's client uses (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_TOKEN, ...):
     /health (the server process answers), then one experiment search (its database answers)."""
-    from mlflow.exceptions import MlflowException
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
@@ -181,28 +178,6 @@ def ensure_experiment(tracking_cfg) -> tuple[MlflowClient, str]:
         return client, client.create_experiment(tracking_cfg.experiment, artifact_location=artifact_location(tracking_cfg))
 
 
-def flatten(cfg: DictConfig) -> dict[str, object]:
-    """Resolved config as {dotted.key: value}."""
-    out: dict[str, object] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """Hash of the resolved job config minus tracking / execution keys: equal hash, same point."""
-    flat = {k: v for k, v in flatten(cfg).items()
-            if not any(k == u or k.startswith(u + ".") for u in UNHASHED_KEYS)}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def git_commit() -> str | None:
     """The project's commit: SWEEP_GIT_COMMIT where set (the Docker image, which has no .git), else git's."""
     if commit := os.environ.get("SWEEP_GIT_COMMIT"):
@@ -238,28 +213,106 @@ def end_parent_run(tracking_cfg, run_id: str, failed: bool, summary: str) -> Non
 
 
 def finished_points(tracking_cfg) -> dict[str, str]:
-    """{config hash: run id} of the training jobs that finished in the experiment (re-prunes excluded)."""
+    """{config hash: run id} of the training jobs that finished in the experiment (re-prunes excluded);
+    of several runs of one point, the oldest."""
     client, experiment_id = ensure_experiment(tracking_cfg)
-    runs = client.search_runs([experiment_id], f"tags.`{names.TAG_KIND}` = '{names.KIND_JOB}' and "
-                                               f"tags.`{names.TAG_STATUS}` = '{names.STATUS_FINISHED}'",
-                              max_results=50000, order_by=["attributes.start_time DESC"])
-    # newest first, so the oldest finished run of a point is the one kept
-    return {run.data.tags[names.TAG_CONFIG_HASH]: run.info.run_id for run in runs
-            if run.data.tags.get(names.TAG_STAGE) != "prune"}
+    return {run.data.tags[names.TAG_CONFIG_HASH]: run.info.run_id
+            for run in finished_training_runs(client, experiment_id)}  # newest first: the oldest wins
+
+
+def job_runs(client: MlflowClient, experiment_id: str) -> list:
+    """Every job run of an experiment (training and re-prune, any status), newest first, all pages."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.`{names.TAG_KIND}` = '{names.KIND_JOB}'",
+                                  max_results=5000, order_by=["attributes.start_time DESC"], page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def is_finished(run) -> bool:
+    """Finished by both the sweep's tag and MLflow's own status."""
+    return run.info.status == "FINISHED" and run.data.tags.get(names.TAG_STATUS) == names.STATUS_FINISHED
+
+
+def is_training_run(run) -> bool:
+    return run.data.tags.get(names.TAG_STAGE, names.STAGE_TRAIN) != names.STAGE_PRUNE
+
+
+def finished_training_runs(client: MlflowClient, experiment_id: str) -> list:
+    """The finished training runs of an experiment (re-prunes left out), newest first."""
+    return [r for r in job_runs(client, experiment_id) if is_finished(r) and is_training_run(r)]
+
+
+def close_as_failed(client: MlflowClient, run_id: str, reason: str) -> None:
+    """Tag a run `failed: <reason>` and close it FAILED."""
+    client.set_tag(run_id, names.TAG_STATUS, f"{names.STATUS_FAILED}: {reason}"[:500])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client on an existing store: a missing SQLite file is an error, not a new empty store; a tracking
+    server must answer and its database work."""
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        raise ConfigError("tracking.uri", redact_uri(tracking_uri), "no MLflow store there; run a sweep first or pass tracking.uri=")
+    if is_server(tracking_uri):
+        check_server(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id_of(client: MlflowClient, experiment: str, key: str = "EXPERIMENT") -> str:
+    """The id of an existing experiment; ConfigError naming the experiments there if it does not exist."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        existing = ", ".join(sorted(e.name for e in client.search_experiments(max_results=1000))) or "none"
+        raise ConfigError(key, experiment, f"no such experiment in {redact_uri(client.tracking_uri)}; existing: {existing}")
+    return found.experiment_id
+
+
+def load_training_run(client: MlflowClient, run_id: str, workdir: Path):
+    """A training run, its resolved config and the local path of its checkpoint; ConfigError if any is missing."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError("RUN", run_id, f"no such run in {redact_uri(client.tracking_uri)}") from None
+    try:
+        config = client.download_artifacts(run_id, names.ARTIFACT_CONFIG, str(workdir))
+        checkpoint = client.download_artifacts(run_id, names.ARTIFACT_CHECKPOINT, str(workdir))
+    except (MlflowException, OSError):
+        raise ConfigError("RUN", run_id, f"has no checkpoint ({names.ARTIFACT_CHECKPOINT} and "
+                                         f"{names.ARTIFACT_CONFIG}): only finished training runs can be pruned again") from None
+    return run, OmegaConf.load(config), Path(checkpoint)
 
 
 def close_orphaned_runs(tracking_cfg) -> list[str]:
-    """Mark FAILED the RUNNING runs whose process is gone (killed with SIGKILL, a crashed node): a
-    killed sweep never leaves a run RUNNING once the next sweep starts. Returns their ids."""
+    """Close the RUNNING runs whose process is gone (killed with SIGKILL, a crashed node), or whose sweep's
+    launching process is gone (`end_orphan`): a killed sweep never leaves a run RUNNING once the next sweep
+    starts. Returns their ids."""
     client, experiment_id = ensure_experiment(tracking_cfg)
-    closed = []
-    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=50000):
-        tag = run.data.tags.get(names.TAG_PROCESS)
-        if lifecycle.is_orphaned(tag):
-            client.set_tag(run.info.run_id, names.TAG_STATUS, f"failed: process {tag} ended without closing the run (killed)")
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-            closed.append(run.info.run_id)
-    return closed
+    runs = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=50000)
+    return [run.info.run_id for run in runs if end_orphan(client, run)]
+
+
+def end_orphan(client: MlflowClient, run) -> bool:
+    """A RUNNING run whose process is gone, or whose sweep's launching process is gone (its worker may live
+    on): stop that worker (SIGTERM; it closes its run as failed at its next step) and wait for it, then mark
+    the run FAILED if it is still RUNNING. False, and nothing done, for a run that is not orphaned."""
+    process = run.data.tags.get(names.TAG_PROCESS)
+    launcher = run.data.tags.get(names.TAG_LAUNCHER_PROCESS)
+    if lifecycle.is_orphaned(process):
+        reason = f"process {process} ended without closing the run (killed)"
+    elif lifecycle.is_orphaned(launcher):
+        lifecycle.stop_process(process)
+        if client.get_run(run.info.run_id).info.status != "RUNNING":
+            return True
+        reason = f"the launching process {launcher} of its sweep is gone (killed)"
+    else:
+        return False
+    close_as_failed(client, run.info.run_id, reason)
+    return True
 
 
 def log_skipped_run(tracking_cfg, parent_run_id: str, run_name: str, point_hash: str, duplicate_of: str) -> str:
@@ -281,13 +334,16 @@ class PointHeld(Exception):
 
 
 def holder_of(client: MlflowClient, experiment_id: str, point_hash: str) -> str | None:
-    """The training run that holds a point: finished, or running in a process that is alive."""
+    """The training run that holds a point: finished, or running in a process that is alive and whose sweep's
+    launching process is alive (an orphan is closed on the way, `end_orphan`)."""
     for run in client.search_runs([experiment_id], f"tags.`{names.TAG_CONFIG_HASH}` = '{point_hash}' and "
                                                    f"tags.`{names.TAG_KIND}` = '{names.KIND_JOB}'", max_results=1000):
         if run.data.tags.get(names.TAG_STAGE) == "prune":
             continue
+        if run.info.status == "RUNNING" and end_orphan(client, run):
+            run = client.get_run(run.info.run_id)  # closed now, by its stopped worker or here
         finished = run.info.status == "FINISHED" and run.data.tags.get(names.TAG_STATUS) == names.STATUS_FINISHED
-        alive = run.info.status == "RUNNING" and not lifecycle.is_orphaned(run.data.tags.get(names.TAG_PROCESS))
+        alive = run.info.status == "RUNNING"
         if finished or alive:
             return run.info.run_id
     return None
@@ -304,6 +360,8 @@ class JobRun:
         self.client, experiment_id = ensure_experiment(cfg.tracking)
         tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_CONFIG_HASH: config_hash(cfg),
                 names.TAG_STATUS: names.STATUS_RUNNING, names.TAG_PROCESS: lifecycle.process_tag(), **extra_tags}
+        if launcher := lifecycle.launcher_tag():  # a worker of the local launcher: the sweep process it serves
+            tags[names.TAG_LAUNCHER_PROCESS] = launcher
         if parent_run_id:
             tags[names.TAG_PARENT] = parent_run_id
         if commit := git_commit():

@@ -10,7 +10,7 @@ import shutil
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sweep import data, tracking
+from sweep import corpus, tracking
 from sweep.errors import ConfigError
 from sweep.tokenizer import N_BYTES, TOKENIZERS
 from sweep.model import POS_EMB
@@ -124,7 +124,7 @@ def validate(cfg: DictConfig) -> None:
     if _choice(cfg, "data.tokenizer", TOKENIZERS) == "bpe":
         _integer(cfg, "data.vocab_size", N_BYTES + 1)
     _number(cfg, "data.val_frac", 0.0, 1.0, low_open=True, high_open=True)
-    data.check_source(cfg.data.source)
+    corpus.check_source(cfg.data.source)
     _boolean(cfg, "tasks.preamble")
     _integer(cfg, "tasks.n_train", 1)
     _integer(cfg, "tasks.n_heldout", 1)

@@ -178,7 +178,7 @@ def report(seeds=(0, 1, 2)) -> str:
     from sweep.circuit import circuit_edges
     from sweep.discovery import find_circuits
     from sweep.prune import node_means, node_names
-    from sweep.tracking import PROJECT_ROOT
+    from sweep.paths import PROJECT_ROOT
 
     base = OmegaConf.load(PROJECT_ROOT / "conf" / "prune" / "mean.yaml")
     methods = {"mask": {"method": "mask"}, "mask, straight-through gate": {"method": "mask", "gate": "straight_through"},

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from sweep.data import find_sources, is_validation, load_corpus, read_sources, reference_losses
+from sweep.corpus import find_sources, read_sources
+from sweep.data import is_validation, load_corpus, reference_losses
 
 from conftest import SMALL_CORPUS
 

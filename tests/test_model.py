@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from sweep import names
 from sweep.circuit import circuit_edges
-from sweep.job import build_model
+from sweep.checkpoint import build_model
 from sweep.model import GPT, ModelShape
 from sweep.sparsity import WeightSparsifier
 from sweep.train import build_optimizer

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PROJECT_ROOT, Sweep
+from conftest import PROJECT_ROOT, SMALL_CORPUS, Sweep
 from sweep import names, tasks
 from sweep.tracking import MLFLOW_RUN_NAME_LIMIT, git_commit
 
@@ -70,8 +71,9 @@ def test_two_point_multirun_logs_two_children_under_one_parent(sweep, tmp_path):
         artifacts = {a.path for a in sweep.client.list_artifacts(job.info.run_id)}
         assert names.ARTIFACT_CONFIG in artifacts and names.ARTIFACT_CHECKPOINT_DIR in artifacts
         path = sweep.client.download_artifacts(job.info.run_id, names.ARTIFACT_CHECKPOINT, str(tmp_path))
-        state = torch.load(path, weights_only=True)
-        assert "blocks.0.fc_in.weight" in state
+        stored = torch.load(path, weights_only=True)  # self-describing: the shape, the step, the point
+        assert "blocks.0.fc_in.weight" in stored["state_dict"] and stored["step"] == 30
+        assert stored["config_hash"] == job.data.tags[names.TAG_CONFIG_HASH] and stored["shape"]["d_model"] == 16
 
     by_density = {float(j.data.params["sparsity.density"]): j for j in jobs}
     dense, sparse = by_density[1.0], by_density[0.5]
@@ -216,3 +218,34 @@ def test_two_sweeps_of_the_same_points_started_together_train_each_point_once(tm
     assert sorted(j.data.params["sparsity.density"] for j in trained) == ["0.5", "1.0"]  # each point once
     assert len(skipped) == 2 and {s.data.tags[names.TAG_STATUS].split()[-1] for s in skipped} == \
         {t.info.run_id for t in trained}
+
+
+def test_the_same_point_from_another_checkout_trains_once(sweep, tmp_path):
+    """A point's identity leaves out where things are: a copy of the project at another path, with its own
+    cache folder, its own task-template folder and a copy of the corpus elsewhere, skips the point the first
+    checkout finished (issue 16 case 12); a corpus with other content is another point."""
+    first = sweep.run("seed=0", multirun=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = tmp_path / "elsewhere"
+    for folder in ("sweep", "conf", "hydra_plugins"):
+        shutil.copytree(PROJECT_ROOT / folder, other / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    corpus = shutil.copytree(SMALL_CORPUS, tmp_path / "corpus-copy")
+
+    def from_other_checkout(source: Path) -> subprocess.CompletedProcess:
+        args = [a for a in sweep.args("seed=0", f"data.cache_dir={tmp_path / 'cache2'}") if not a.startswith("data.source=")]
+        return subprocess.run([sys.executable, "-m", "sweep", "-m", *args, f"data.source={source}"], cwd=other,
+                              capture_output=True, text=True, timeout=600)
+
+    second = from_other_checkout(corpus)
+    assert second.returncode == 0, second.stderr[-3000:]
+    jobs = [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB]
+    trained = [r for r in jobs if r.data.tags.get(names.TAG_STATUS) == names.STATUS_FINISHED]
+    skipped = [r for r in jobs if r.data.tags.get(names.TAG_STATUS, "").startswith(names.STATUS_SKIPPED)]
+    assert len(trained) == 1 and len(skipped) == 1
+    assert skipped[0].data.tags[names.TAG_STATUS].endswith(trained[0].info.run_id)
+    (corpus / "extra.py").write_text("x = 1\n")  # other content at the same path: another point
+    third = from_other_checkout(corpus)
+    assert third.returncode == 0, third.stderr[-3000:]
+    (new,) = [r for r in sweep.runs() if r.data.tags.get(names.TAG_STATUS) == names.STATUS_FINISHED
+              and r.info.run_id != trained[0].info.run_id]
+    assert new.data.params["tasks.template_dir"] == str(other / "conf" / "task_templates")  # the copy ran

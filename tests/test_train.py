@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 
 from sweep import names
 from sweep.data import load_corpus
-from sweep.job import build_model, gpu_for_slot, job_slot
+from sweep.checkpoint import build_model
+from sweep.job import gpu_for_slot, job_slot
 from sweep.sparsity import WeightSparsifier
 from sweep.train import train
 from tests.conftest import PROJECT_ROOT, SMALL_CORPUS

@@ -13,3 +13,8 @@ class OptunaSweeper(search.OptunaSweeper):
 
 class SlurmLauncher(launchers.SlurmLauncher):
     """SLURM through submitit, with failed jobs recorded instead of raised (conf/hydra/launcher/slurm.yaml)."""
+
+
+class LocalLauncher(launchers.LocalLauncher):
+    """Local worker processes through joblib, whose workers stop with the launching process and whose killed
+    workers fail their jobs instead of the sweep (conf/hydra/launcher/local.yaml)."""
