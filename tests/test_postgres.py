@@ -3,19 +3,25 @@
 The module fixture starts a real PostgreSQL and a real `mlflow server` on it, the server exactly as
 docker/compose.yaml's mlflow service runs it (tests/tracking_server.py), and takes both down afterwards,
 whatever happened. The sweeps are the real `python -m sweep -m ...` with tiny models and
-tracking.uri=http://127.0.0.1:<port>: runs and artifacts travel over HTTP only.
+tracking.uri=http://127.0.0.1:<port>: runs and artifacts travel over HTTP only. The Optuna searches keep
+their study in a database of its own on the same PostgreSQL (hydra.sweeper.storage=postgresql://...).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
+import sqlalchemy
 
-from conftest import Sweep
-from sweep import names, tasks
+from conftest import PROJECT_ROOT, Sweep
+from sweep import names, search, tasks
+from test_search import STUDY, search_command
 from tracking_server import MlflowServer, Postgres, env_file, free_port
 
 pytestmark = pytest.mark.postgres
@@ -156,3 +162,66 @@ def test_a_password_in_the_tracking_uri_is_never_stored_or_printed(stack, tmp_pa
     result = wrong.run("sparsity.density=1", multirun=True)
     assert result.returncode == 2 and f"http://{postgres.user}:***@127.0.0.1" in result.stderr
     assert postgres.password not in result.stdout + result.stderr
+
+
+def test_two_searches_at_once_share_one_study_without_training_a_point_twice(stack, tmp_path):
+    """Two `make search` processes started together, same seed, on one study in PostgreSQL (one has the password
+    in the URL, the other in PGPASSWORD), logging to the MLflow server: both exit 0, the study's budget (n_trials)
+    is run once between them, at distinct points, each point trained by one MLflow run; the password is printed
+    nowhere."""
+    postgres, server = stack
+    storage = postgres.create_database("optuna_two_searches")
+    environments = {"first": (storage, os.environ),
+                    "second": (postgres.url("optuna_two_searches", password=""),
+                               {**os.environ, "PGPASSWORD": postgres.password})}
+    sweep = server_sweep(tmp_path, server.url)
+    n_trials, experiment = 4, "two-searches"
+    # made here: two sweeps that both find no experiment of that name both create it, over HTTP (no lock)
+    sweep.client.create_experiment(experiment)
+    command = [f"hydra.sweeper.n_trials={n_trials}", f"tracking.experiment={experiment}"]
+    searches = {}  # output file -> process; files, not pipes: a search blocked on a full pipe would hold the lock
+    for folder, (url, env) in environments.items():
+        with (tmp_path / f"{folder}.log").open("w") as log:
+            searches[log.name] = subprocess.Popen(search_command(sweep, folder, *command, storage=url), env=env,
+                                                  cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    for log, process in searches.items():
+        process.wait(timeout=900)
+        output = Path(log).read_text()
+        assert process.returncode == 0, output[-5000:] + server.logs()
+        assert postgres.password not in output
+
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    trials = search.ran(study)
+    assert len(trials) == n_trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == n_trials, [t.params for t in trials]
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+    jobs = [r for r in sweep.runs(experiment) if r.data.tags[names.TAG_KIND] == names.KIND_JOB]
+    assert {j.data.tags[names.TAG_STATUS] for j in jobs} == {names.STATUS_FINISHED}  # none skipped or failed
+    assert len({j.data.tags[names.TAG_CONFIG_HASH] for j in jobs}) == len(jobs) == n_trials
+    by_run = {j.info.run_id: j for j in jobs}
+    assert {t.user_attrs["run_id"] for t in trials} == set(by_run)
+    for t in trials:
+        tags = by_run[t.user_attrs["run_id"]].data.tags
+        assert (tags[search.TAG_STUDY], tags[search.TAG_TRIAL]) == (STUDY, str(t.number))
+
+
+def test_a_study_storage_that_cannot_serve_stops_the_search_before_anything(stack, tmp_path):
+    """MLflow's own database (optuna cannot share its alembic_version table), and a wrong password: exit 2
+    with one line that shows the storage without its password; no job, no optuna table in MLflow's database."""
+    postgres, server = stack
+    sweep = server_sweep(tmp_path, server.url)
+    runs_before = len(sweep.runs())
+    shown = f"hydra.sweeper.storage='postgresql://{postgres.user}:***@127.0.0.1:{postgres.port}/"
+    wrong = postgres.url("optuna", password="not-the-password")
+    for storage, phrase in ((postgres.url(), "a database of its own"), (wrong, "password authentication failed")):
+        result = subprocess.run(search_command(sweep, "search", storage=storage), cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+        (error,) = [line for line in result.stderr.splitlines() if line.strip()]
+        assert error.startswith(f"error: invalid config: {shown}") and phrase in error, error
+        assert postgres.password not in result.stdout + result.stderr
+        assert "not-the-password" not in result.stdout + result.stderr
+    assert not (tmp_path / "search").exists() and len(sweep.runs()) == runs_before
+    engine = sqlalchemy.create_engine(postgres.url(), poolclass=sqlalchemy.pool.NullPool)
+    assert "studies" not in sqlalchemy.inspect(engine).get_table_names()

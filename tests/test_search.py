@@ -20,14 +20,20 @@ from sweep import names, search
 STUDY = "tiny"
 
 
-def run_search(sweep, sweep_dir: str, *overrides: str) -> subprocess.CompletedProcess:
-    """`python -m sweep -m experiment=search` with TINY jobs, its own study storage and sweep folder."""
+def search_command(sweep, sweep_dir: str, *overrides: str, storage: str | None = None) -> list[str]:
+    """`python -m sweep -m experiment=search` with TINY jobs, its own sweep folder, and study STUDY in
+    `storage` (default: optuna.db in the test's folder)."""
     args = [a for a in sweep.args() if not a.startswith("hydra.sweep.dir=")]
-    cmd = [sys.executable, "-m", "sweep", "-m", *args, "experiment=search",
-           "tasks.names=[else_elif]", "prune.target_loss=3",
-           "model.width_mult=choice(1, 2)", f"hydra.sweeper.storage=sqlite:///{sweep.tmp / 'optuna.db'}",
-           f"hydra.sweeper.study_name={STUDY}", f"hydra.sweep.dir={sweep.tmp / sweep_dir}", *overrides]
-    return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    storage = storage or f"sqlite:///{sweep.tmp / 'optuna.db'}"
+    return [sys.executable, "-m", "sweep", "-m", *args, "experiment=search",
+            "tasks.names=[else_elif]", "prune.target_loss=3",
+            "model.width_mult=choice(1, 2)", f"hydra.sweeper.storage={storage}",
+            f"hydra.sweeper.study_name={STUDY}", f"hydra.sweep.dir={sweep.tmp / sweep_dir}", *overrides]
+
+
+def run_search(sweep, sweep_dir: str, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(search_command(sweep, sweep_dir, *overrides), cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=600)
 
 
 def job_runs(sweep):
@@ -47,7 +53,7 @@ def test_study_runs_resumes_reports_a_pareto_set_and_refuses_another_space(sweep
     storage = f"sqlite:///{sweep.tmp / 'optuna.db'}"
 
     # 1. three trials on the joblib launcher, in batches of two (the cores) and one
-    first = run_search(sweep, "first", "hydra.sweeper.n_trials=3", "hydra.sweeper.seed=2")  # seed 2: one infeasible draw
+    first = run_search(sweep, "first", "hydra.sweeper.n_trials=3", "hydra.sweeper.seed=1")  # trial 0 infeasible
     assert first.returncode == 0, first.stderr[-3000:]
     jobs = job_runs(sweep)
     (parent,) = [r for r in sweep.runs() if r.data.tags.get(names.TAG_KIND) == names.KIND_PARENT]
@@ -66,7 +72,7 @@ def test_study_runs_resumes_reports_a_pareto_set_and_refuses_another_space(sweep
     # an infeasible sample (density * d_model < sparsity.min_per_neuron) is told FAIL with the reason,
     # runs nothing and does not count towards n_trials
     skipped = [t for t in study.trials if t.user_attrs.get("fail_reason", "").startswith("infeasible")]
-    assert skipped, "hydra.sweeper.seed=2 drew no infeasible point: pick another seed"
+    assert skipped, "hydra.sweeper.seed=1 drew no infeasible point: pick another seed"
     assert all(t.state == optuna.trial.TrialState.FAIL and "run_id" not in t.user_attrs for t in skipped)
     assert all("sparsity.density" in t.user_attrs["fail_reason"] for t in skipped)
     assert "infeasible sample" in first.stderr and len(study.trials) == 3 + len(skipped)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -120,6 +121,18 @@ class Postgres:
         out = subprocess.run(args, capture_output=True, text=True, timeout=60)
         if out.returncode:
             raise RuntimeError(f"psql failed: {out.stderr[-2000:]}")
+
+    def url(self, database: str | None = None, password: str | None = None) -> str:
+        """A client's URL of `database` (default: the user's) with `password` in it (default: the user's;
+        "": none, the client takes it from PGPASSWORD)."""
+        password = self.password if password is None else password
+        user = f"{self.user}:{urllib.parse.quote(password, safe='')}" if password else self.user
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database or self.database}"
+
+    def create_database(self, name: str) -> str:
+        """A new database that the user owns; returns its URL."""
+        self.sql(f'CREATE DATABASE "{name}" OWNER "{self.user}"')
+        return self.url(name)
 
     def destroy(self) -> None:
         try:
