@@ -82,7 +82,7 @@ def constructed(tmp_path_factory):
     Sweep 2 (newer): x4 at density 1."""
     store = Store(tmp_path_factory.mktemp("constructed"))
     p1 = store.parent()
-    store.job(p1, 2, 1, loss=9.9, tasks={"a": 1, "b": 1})  # older run of x2 d1: replaced by the newer one below
+    store.job(p1, 2, 1, loss=9.9, tasks={"a": 1, "b": 1})  # older run of w2-d1: replaced by the newer one below
     store.job(p1, 1, 1, seed=0, loss=1.8, tasks={"a": 1000, "b": 4000})
     store.job(p1, 1, 1, seed=1, loss=2.0, tasks={"a": 4000, "b": 16000})
     store.job(p1, 1, 0.25, loss=2.1, tasks={"a": 250, "b": 1000})
@@ -128,35 +128,35 @@ def test_tables_hold_one_row_per_finished_job_and_per_job_and_task(analysed):
 
 def test_seeds_are_pooled_with_a_t_interval(analysed):
     points = points_by_label(analysed[0])
-    dense = points.loc["x1 d1"]
+    dense = points.loc["w1-d1"]
     assert dense["n_seeds"] == 2 and dense["val_loss"] == pytest.approx(1.9)
     assert dense["val_loss_ci"] == pytest.approx(T_975_1 * 0.1)  # sd 0.1414 / sqrt(2) = 0.1
     assert dense["edges"] == pytest.approx(4000)  # geometric mean of the runs' 2000 and 8000
     assert dense["edges_low"] < 4000 < dense["edges_high"]
-    assert points.loc["x2 d1", "val_loss"] == pytest.approx(1.7) and math.isnan(points.loc["x2 d1", "val_loss_ci"])
-    assert points.loc["x2 d1", "d_model"] == 64
+    assert points.loc["w2-d1", "val_loss"] == pytest.approx(1.7) and math.isnan(points.loc["w2-d1", "val_loss_ci"])
+    assert points.loc["w2-d1", "d_model"] == 64
 
 
 def test_frontier_overall_and_per_width(analysed):
     frontier = pd.read_csv(analysed[0] / "frontier.csv")
     by_scope = {scope: set(group["point"]) for scope, group in frontier.groupby("scope")}
-    assert by_scope == {"overall": {"x4 d1", "x2 d1", "x2 d0.25", "x2 d0.06"},
-                        "x1": {"x1 d1", "x1 d0.25", "x1 d0.06"},
-                        "x2": {"x2 d1", "x2 d0.25", "x2 d0.06"},  # x2 d0.03 has no circuit
-                        "x4": {"x4 d1"}}
+    assert by_scope == {"overall": {"w4-d1", "w2-d1", "w2-d0.25", "w2-d0.06"},
+                        "x1": {"w1-d1", "w1-d0.25", "w1-d0.06"},
+                        "x2": {"w2-d1", "w2-d0.25", "w2-d0.06"},  # w2-d0.03 has no circuit
+                        "x4": {"w4-d1"}}
     assert {"regime", "rule"} <= set(frontier.columns)
 
 
 def test_collapse_labels_carry_the_rule_that_fired(analysed):
     points = points_by_label(analysed[0])
     collapsed = set(points.index[points["regime"] == "collapse"])
-    assert collapsed == {"x1 d0.06", "x2 d0.03"}
-    x1_sparse, x2_sparse = points.loc["x1 d0.06", "rule"], points.loc["x2 d0.03", "rule"]
+    assert collapsed == {"w1-d0.06", "w2-d0.03"}
+    x1_sparse, x2_sparse = points.loc["w1-d0.06", "rule"], points.loc["w2-d0.03", "rule"]
     assert "near_reference" in x1_sparse and "not_shrinking" in x1_sparse  # 2.45 >= 2.5 - 0.15; 300 >= 250 on task a
     assert "dead_units" in x2_sparse and "lost_tasks" in x2_sparse and "near_reference" not in x2_sparse
-    assert points.loc["x1 d0.06", "shrink_ratio"] == pytest.approx(300 / 250)
-    assert points.loc["x1 d0.25", "shrink_ratio"] == pytest.approx(500 / 4000)
-    assert points.loc["x1 d1", "rule"] == "no indicator fired"
+    assert points.loc["w1-d0.06", "shrink_ratio"] == pytest.approx(300 / 250)
+    assert points.loc["w1-d0.25", "shrink_ratio"] == pytest.approx(500 / 4000)
+    assert points.loc["w1-d1", "rule"] == "no indicator fired"
 
 
 def test_hypervolume_per_width_against_the_fixed_reference(analysed):
@@ -184,25 +184,34 @@ def test_every_file_is_written_and_logged_to_the_newest_parent(analysed):
     assert {"frontier.pdf", "frontier.png", "frontier.csv", "runs.csv", "tasks.csv", "frontier.tex"} <= logged
 
 
+def test_captions_name_the_rule_with_its_numbers(analysed):
+    """captions.md, one caption per figure; the frontier's band is the rule's threshold: 2.5 - 0.15 = 2.35."""
+    out, store, _, p2 = analysed
+    text = (out / "captions.md").read_text()
+    assert all(f"## {name}" in text for name in FIGURES)
+    assert "2.500 \u2212 0.15 = 2.350 nats/byte" in text and "dead units >= 0.3" in text
+    assert "captions.md" in {Path(f.path).name for f in store.client.list_artifacts(p2, "frontier")}
+
+
 def test_parent_restricts_to_one_sweep_and_stage_prune_uses_reprunes(constructed, tmp_path):
     store, p1, _ = constructed
     assert analyse(store, tmp_path / "p1", "--parent", p1, "--no-log", "--no-figures") == 0
-    assert "x4 d1" not in points_by_label(tmp_path / "p1").index
+    assert "w4-d1" not in points_by_label(tmp_path / "p1").index
     # two methods re-pruned the same checkpoint: their circuits are not two seeds of one point
     assert analyse(store, tmp_path / "prune", "--stage", "prune", "--no-log", "--no-figures") == 2
     for method, edges in (("mask", 50), ("attribution", 70)):  # a run without prune.method is a mask run
         assert analyse(store, tmp_path / method, "--stage", "prune", "--method", method, "--no-log", "--no-figures") == 0
         points = points_by_label(tmp_path / method)
-        assert list(points.index) == ["x2 d0.06"] and points["edges"].item() == pytest.approx(edges)
+        assert list(points.index) == ["w2-d0.06"] and points["edges"].item() == pytest.approx(edges)
 
 
 def test_common_tasks_restricts_the_geomean(constructed, tmp_path):
     store, *_ = constructed
     assert analyse(store, tmp_path, "--common-tasks", "--no-log", "--no-figures") == 0
     points = points_by_label(tmp_path)  # task a is the only one every point with a circuit solved
-    assert points.loc["x1 d1", "edges"] == pytest.approx(2000)
-    assert points.loc["x4 d1", "edges"] == pytest.approx(20000)
-    assert points.loc["x2 d0.06", "edges"] == pytest.approx(100)
+    assert points.loc["w1-d1", "edges"] == pytest.approx(2000)
+    assert points.loc["w4-d1", "edges"] == pytest.approx(20000)
+    assert points.loc["w2-d0.06", "edges"] == pytest.approx(100)
 
 
 def test_figures_rebuild_offline_from_the_csv_tables(analysed, tmp_path):
@@ -217,7 +226,7 @@ def test_collapse_thresholds_are_configurable(constructed, tmp_path, capsys):
     assert analyse(store, tmp_path, "--no-log", "--no-figures", "--collapse", "ref_margin=off",
                    "--collapse", "shrink_ratio=off") == 0
     points = points_by_label(tmp_path)
-    assert points.loc["x1 d0.06", "regime"] == "normal" and points.loc["x2 d0.03", "regime"] == "collapse"
+    assert points.loc["w1-d0.06", "regime"] == "normal" and points.loc["w2-d0.03", "regime"] == "collapse"
     assert analyse(store, tmp_path, "--collapse", "dead=0.5") == 2
     assert "KEY one of" in capsys.readouterr().err
 
@@ -233,7 +242,7 @@ def test_runs_without_circuits_or_losses_still_give_tables_and_figures(tmp_path,
     assert "lack capability/val_loss" in printed and "no circuit metrics" in printed
     assert len(pd.read_csv(tmp_path / "out" / "frontier.csv")) == 0
     assert all((tmp_path / "out" / f"{name}.pdf").stat().st_size > 1000 for name in FIGURES)
-    assert points_by_label(tmp_path / "out").loc["x1 d0.25", "regime"] == "collapse"
+    assert points_by_label(tmp_path / "out").loc["w1-d0.25", "regime"] == "collapse"
 
 
 def test_every_point_collapsed(tmp_path):
@@ -290,7 +299,7 @@ def test_a_real_tiny_sweep(sweep, tmp_path):
            "--out", str(out)]
     analysed = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert analysed.returncode == 0, analysed.stderr[-3000:]
-    assert f"wrote 17 files to {out}" in analysed.stdout and "logged them to parent run" in analysed.stdout  # + findings.csv, .md, task_retention.csv
+    assert f"wrote 18 files to {out}" in analysed.stdout and "logged them to parent run" in analysed.stdout  # + findings.csv, .md, task_retention.csv, captions.md
 
     runs, tasks = pd.read_csv(out / "runs.csv"), pd.read_csv(out / "tasks.csv")
     assert sorted(zip(runs["model.width_mult"], runs["sparsity.density"])) == [(1, 0.5), (1, 1), (2, 0.5), (2, 1)]
@@ -332,7 +341,7 @@ def test_runs_of_two_tokenizers_are_compared_per_byte(tmp_path):
     assert runs.loc[("bpe", 1), names.CAPABILITY_BIGRAM] == pytest.approx(3.4 * math.log(2))
     assert math.isnan(runs.loc[("bpe", 2), names.CAPABILITY_BIGRAM])  # no byte bigram logged: no reference
     points = points_by_label(tmp_path / "out")
-    assert (points.loc[["x1 d1 tokenizer=bpe", "x2 d1 tokenizer=bpe"], "regime"] == "normal").all()
+    assert (points.loc[["w1-d1 tokenizer=bpe", "w2-d1 tokenizer=bpe"], "regime"] == "normal").all()
     assert runs[names.CAPABILITY_VAL_LOSS].min() == pytest.approx(1.5 * math.log(2))  # bytes: 2.0 nats/byte
     assert pd.read_csv(tmp_path / "out" / "runs.csv")[names.CAPABILITY_VAL_LOSS].max() == pytest.approx(2.0)
 
@@ -361,14 +370,14 @@ def test_findings_are_stated_with_the_verdict_the_numbers_support(tmp_path, caps
     assert verdict["edges_fall_with_density", "x1", "spearman_rho"] == "holds"
     assert verdict["edges_fall_with_density", "x4", "spearman_rho"] == "does not hold"
     assert verdict["edges_fall_with_density", "x8", "spearman_rho"] == "undecided at this size"  # 2 runs
-    assert verdict["wider_at_fixed_nonzeros", "x2 d0.25 vs x1 d0.5", "loss_difference"] == "holds"
-    assert verdict["wider_at_fixed_nonzeros", "x2 d0.25 vs x1 d0.5", "edges_ratio"] == "holds"
-    assert verdict["wider_at_fixed_nonzeros", "x8 d0.125 vs x2 d0.5", "loss_difference"] == "undecided at this size"
+    assert verdict["wider_at_fixed_nonzeros", "w2-d0.25 vs w1-d0.5", "loss_difference"] == "holds"
+    assert verdict["wider_at_fixed_nonzeros", "w2-d0.25 vs w1-d0.5", "edges_ratio"] == "holds"
+    assert verdict["wider_at_fixed_nonzeros", "w8-d0.125 vs w2-d0.5", "loss_difference"] == "undecided at this size"
     assert verdict["collapse_onset", "x1", "density"] == "holds"
     assert verdict["collapse_onset", "x2", "density"] == "does not hold"
-    row = f[(f.scope == "x2 d0.25 vs x1 d0.5") & (f.statistic == "loss_difference")].iloc[0]
+    row = f[(f.scope == "w2-d0.25 vs w1-d0.5") & (f.statistic == "loss_difference")].iloc[0]
     assert row.value == pytest.approx(-0.2) and row.low < -0.2 < row.high < 0 and row.n == 6
-    edges = f[(f.scope == "x2 d0.25 vs x1 d0.5") & (f.statistic == "edges_ratio")].iloc[0]
+    edges = f[(f.scope == "w2-d0.25 vs w1-d0.5") & (f.statistic == "edges_ratio")].iloc[0]
     assert edges.value == pytest.approx(math.exp(math.log(500 * 520 * 480) / 3 - math.log(1000 * 1100 * 950) / 3))
     onset = f[(f.finding == "collapse_onset") & (f.scope == "x1")].iloc[0]
     assert onset.value == 0.25 and "near_reference" in onset.detail
@@ -377,7 +386,7 @@ def test_findings_are_stated_with_the_verdict_the_numbers_support(tmp_path, caps
     printed = capsys.readouterr().out
     assert "findings (findings.csv" in printed and "edges_fall_with_density x4: does not hold" in printed
     md = (tmp_path / "out" / "findings.md").read_text()  # the README's section, from the same table
-    assert "| x2 d0.25 vs x1 d0.5 | **holds** | loss_difference | -0.2 |" in md
+    assert "| w2-d0.25 vs w1-d0.5 | **holds** | loss_difference | -0.2 |" in md
     assert "| x2 | **does not hold** | density | - |" in md and "experiment `frontier`, 29 runs" in md
 
 
