@@ -43,7 +43,7 @@ search: $(INSTALLED) ## run or resume the Optuna frontier search (study: optuna.
 	$(BIN)/python -m sweep -m experiment=search $(TRACKING) $(ARGS)
 
 reprune: $(INSTALLED) ## prune again: RUN=<run id> or EXPERIMENT=<name> (all its runs), PRUNE="prune.ablation=zero"
-	$(BIN)/python -m sweep.reprune $(if $(EXPERIMENT),--experiment $(EXPERIMENT),$(RUN)) $(PRUNE) $(TRACKING)
+	$(BIN)/python -m sweep.orchestration.reprune $(if $(EXPERIMENT),--experiment $(EXPERIMENT),$(RUN)) $(PRUNE) $(TRACKING)
 
 # EXPERIMENT has no global default: `make reprune` tells RUN from EXPERIMENT by whether it is set.
 frontier: $(INSTALLED) ## frontier tables and figures of EXPERIMENT (default frontier) into figures/, logged to its sweep; options in ARGS
@@ -55,7 +55,7 @@ methods: $(INSTALLED) ## circuit discovery methods side by side on EXPERIMENT's 
 		$(if $(TRACKING_URI),--tracking-uri $(TRACKING_URI))
 
 task-losses: $(INSTALLED) ## full-model loss of every task on every checkpoint of EXPERIMENT (default frontier): the quick suite's calibration
-	$(BIN)/python -m sweep.task_losses --experiment $(or $(EXPERIMENT),frontier) --tracking-uri $(or $(TRACKING_URI),$(STORE))
+	$(BIN)/python -m sweep.orchestration.task_losses --experiment $(or $(EXPERIMENT),frontier) --tracking-uri $(or $(TRACKING_URI),$(STORE))
 
 bench: $(INSTALLED) ## measure where a job's time goes (sparse/dense step, MFU, prune/train, logging, memory): bench/results.md
 	$(BIN)/python -m bench $(ARGS)

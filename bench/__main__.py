@@ -16,7 +16,7 @@ from bench.jobs import job_config, run_child
 from bench.projection import projection_times
 from bench.report import TARGETS, derive, write
 from bench.steps import compile_times, matmul_peak, precision_times, step_times
-from sweep.data import load_corpus
+from sweep.science.data import load_corpus
 from sweep.paths import PROJECT_ROOT
 from sweep.tracking import ensure_experiment, git_commit
 

@@ -14,7 +14,7 @@ import torch
 
 from bench.jobs import job_config
 from bench.steps import make_trainer, timed_block
-from sweep.data import load_corpus
+from sweep.science.data import load_corpus
 
 NEXT_STEPS = 5
 

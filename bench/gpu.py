@@ -21,7 +21,7 @@ from bench.report import fmt, markdown_table
 from bench.jobs import job_config
 from bench.steps import matmul_peak, precision_times, step_times
 from sweep import names
-from sweep.data import load_corpus
+from sweep.science.data import load_corpus
 from sweep.errors import EXIT_BAD_INPUT
 from sweep.paths import PROJECT_ROOT
 from sweep.tracking import git_commit

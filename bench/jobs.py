@@ -1,4 +1,4 @@
-"""One real job per width (sweep.job.run_job) in its own process: its stages' times, the time spent
+"""One real job per width (sweep.orchestration.job.run_job) in its own process: its stages' times, the time spent
 in MLflow logging, and its peak resident memory. `python -m bench.jobs <result.json> <overrides...>`."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class LoggingTimer:
 
 def child(result_path: Path, overrides: list[str]) -> None:
     """Run one job (in this process) and write what it measured."""
-    from sweep.job import run_job  # imported here: import time is the process's, not the job's
+    from sweep.orchestration.job import run_job  # imported here: import time is the process's, not the job's
     from sweep.tracking import JobRun
 
     cfg = job_config(overrides)

@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from bench.__main__ import DENSITY
 from bench.jobs import job_config
 from bench.steps import make_trainer
-from sweep.data import load_corpus
+from sweep.science.data import load_corpus
 
 
 def profile_width(cfg, tokens: torch.Tensor, d_model: int, steps: int) -> None:

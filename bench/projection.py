@@ -7,7 +7,7 @@ import time
 
 import torch
 
-import sweep.sparsity
+import sweep.science.sparsity
 from bench.steps import make_trainer, sync
 
 
@@ -32,12 +32,12 @@ def plain_keep_masks(weights: list[torch.Tensor], k: int, j: int) -> list[torch.
 @contextlib.contextmanager
 def plain_projection():
     """WeightSparsifier.project with the plain topk masks, one matrix at a time."""
-    fast = sweep.sparsity.keep_masks
-    sweep.sparsity.keep_masks = plain_keep_masks
+    fast = sweep.science.sparsity.keep_masks
+    sweep.science.sparsity.keep_masks = plain_keep_masks
     try:
         yield
     finally:
-        sweep.sparsity.keep_masks = fast
+        sweep.science.sparsity.keep_masks = fast
 
 
 def projection_times(cfg, tokens: torch.Tensor, d_model: int, density: float, steps: int,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.jobs import job_config
-from sweep.data import load_corpus
+from sweep.science.data import load_corpus
 
 ALPHAS = (0.001, 0.01, 0.1, 1.0)
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from omegaconf import OmegaConf
 
-from sweep.data import eval_windows, sample_batch, vocab_size
-from sweep.model import GPT, ModelShape
-from sweep.sparsity import WeightSparsifier
-from sweep.train import base_lr, build_optimizer, evaluate, step_lr, train_step
+from sweep.science.data import eval_windows, sample_batch, vocab_size
+from sweep.science.model import GPT, ModelShape
+from sweep.science.sparsity import WeightSparsifier
+from sweep.science.train import base_lr, build_optimizer, evaluate, step_lr, train_step
 
 
 def sync(device: torch.device) -> None:
@@ -58,7 +58,7 @@ def train_flops_per_token(shape: ModelShape) -> int:
 
 @dataclass
 class Trainer:
-    """One model with its optimizer and sparsifier, stepped exactly as sweep.train does."""
+    """One model with its optimizer and sparsifier, stepped exactly as sweep.science.train does."""
     model: GPT
     optimizer: torch.optim.Optimizer
     sparsifier: WeightSparsifier

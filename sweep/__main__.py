@@ -1,3 +1,3 @@
-from sweep.cli import main
+from sweep.orchestration.cli import main
 
 main()

@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from sweep import tasks
-from sweep.model import GPT, ModelShape
+from sweep.circuits import tasks
+from sweep.science.model import GPT, ModelShape
 
 D_MODEL, N_LAYER, D_HEAD, D_MLP, N_CTX = 32, 2, 16, 128, 16
 BIAS, POS, CUE, MID, MARK, OUT = 0, 1, 2, 3, 4, 5  # signal channels of the residual stream
@@ -175,9 +175,9 @@ def report(seeds=(0, 1, 2)) -> str:
     """Markdown: per construction, ablation and method, nodes found (before the pass) against planted."""
     from omegaconf import OmegaConf
 
-    from sweep.circuit import circuit_edges
-    from sweep.discovery import find_circuits
-    from sweep.prune import node_means, node_names
+    from sweep.circuits.circuit import circuit_edges
+    from sweep.circuits.discovery import find_circuits
+    from sweep.circuits.prune import node_means, node_names
     from sweep.paths import PROJECT_ROOT
 
     base = OmegaConf.load(PROJECT_ROOT / "conf" / "prune" / "mean.yaml")

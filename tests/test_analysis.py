@@ -321,7 +321,7 @@ def test_the_analysis_loads_no_training_code():
     assert result.returncode == 0, result.stderr
     loaded = set(result.stdout.split())
     assert "sweep.names" in loaded
-    assert not loaded & {"torch", "sweep.model", "sweep.train", "sweep.prune", "sweep.job", "sweep.data", "sweep.circuit"}
+    assert not loaded & {"torch", "sweep.science.model", "sweep.science.train", "sweep.circuits.prune", "sweep.orchestration.job", "sweep.science.data", "sweep.circuits.circuit"}
 
 
 def test_runs_of_two_tokenizers_are_compared_per_byte(tmp_path):

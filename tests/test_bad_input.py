@@ -137,7 +137,7 @@ def test_a_failed_start_up_stops_the_multirun(sweep, fault):
 
 def test_a_validation_split_shorter_than_the_context_is_bad_input(sweep, tmp_path):
     """Only tiny files land in the validation split: one line naming data.val_frac, before any run."""
-    from sweep.data import is_validation
+    from sweep.science.data import is_validation
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(40):

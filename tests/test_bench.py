@@ -15,7 +15,7 @@ from bench.jobs import LoggingTimer
 from bench.report import fitted_exponent
 from bench.steps import matmul_params, train_flops_per_token
 from conftest import PROJECT_ROOT
-from sweep.model import GPT, ModelShape
+from sweep.science.model import GPT, ModelShape
 
 
 def test_smoke_run_writes_every_measure_the_issue_names(tmp_path):

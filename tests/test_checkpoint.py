@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from sweep import checkpoint
+from sweep.science import checkpoint
 from sweep.errors import ConfigError
 from sweep.points import config_hash
 from tests.conftest import PROJECT_ROOT, SMALL_CORPUS

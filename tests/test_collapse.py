@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from sweep import names
-from sweep.collapse import collapse_metrics, dead_by_activity, dead_by_weight
-from sweep.model import GPT, ModelShape
+from sweep.science.collapse import collapse_metrics, dead_by_activity, dead_by_weight
+from sweep.science.model import GPT, ModelShape
 
 
 @pytest.fixture

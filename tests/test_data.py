@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sweep.corpus import find_sources, read_sources
-from sweep.data import is_validation, load_corpus, reference_losses
+from sweep.science.data import is_validation, load_corpus, reference_losses
 
 from conftest import SMALL_CORPUS
 

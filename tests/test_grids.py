@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import PROJECT_ROOT
 from sweep import names
-from sweep.sweepers import RUN, expand_grid, grids_of, mark_repeats, plan_points
+from sweep.orchestration.sweepers import RUN, expand_grid, grids_of, mark_repeats, plan_points
 
 
 def planned(grid: str):

@@ -6,11 +6,11 @@ import torch
 from omegaconf import OmegaConf
 
 from sweep import names
-from sweep.circuit import circuit_edges
-from sweep.checkpoint import build_model
-from sweep.model import GPT, ModelShape
-from sweep.sparsity import WeightSparsifier
-from sweep.train import build_optimizer
+from sweep.circuits.circuit import circuit_edges
+from sweep.science.checkpoint import build_model
+from sweep.science.model import GPT, ModelShape
+from sweep.science.sparsity import WeightSparsifier
+from sweep.science.train import build_optimizer
 
 SHAPE = dict(vocab_size=256, d_model=32, n_layer=2, d_head=16, d_mlp=128, n_ctx=16)
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sweep.circuit import circuit_edges
-from sweep.discovery import find_circuits
-from sweep.prune import Evaluator, node_means, node_names
+from sweep.circuits.circuit import circuit_edges
+from sweep.circuits.discovery import find_circuits
+from sweep.circuits.prune import Evaluator, node_means, node_names
 from tests.planted import CONSTRUCTIONS, TARGET
 
 PRUNE = OmegaConf.load("conf/prune/mean.yaml")

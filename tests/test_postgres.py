@@ -20,7 +20,9 @@ import pytest
 import sqlalchemy
 
 from conftest import PROJECT_ROOT, Sweep
-from sweep import names, search, tasks
+from sweep import names
+from sweep.orchestration import search
+from sweep.circuits import tasks
 from test_search import STUDY, search_command
 from tracking_server import MlflowServer, Postgres, env_file, free_port
 

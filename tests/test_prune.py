@@ -7,12 +7,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sweep import tasks
-from sweep.circuit import circuit_edges, draw
-from sweep.discovery import find_circuits
-from sweep.discretise import smallest_circuits
-from sweep.model import GPT, ModelShape
-from sweep.prune import Evaluator, NodeMasks, node_names, node_sites
+from sweep.circuits import tasks
+from sweep.circuits.circuit import circuit_edges, draw
+from sweep.circuits.discovery import find_circuits
+from sweep.circuits.discretise import smallest_circuits
+from sweep.science.model import GPT, ModelShape
+from sweep.circuits.prune import Evaluator, NodeMasks, node_names, node_sites
 
 PRUNE = OmegaConf.load("conf/prune/mean.yaml")
 PLANTED = ["layer.0.mlp.in[0]", "layer.0.mlp.hidden[0]", "layer.0.mlp.hidden[1]", "layer.0.mlp.out[1]"]

@@ -12,7 +12,7 @@ from sweep import names
 
 
 def reprune(sweep, *args):
-    cmd = [sys.executable, "-m", "sweep.reprune", *args, f"tracking.uri={sweep.uri}"]
+    cmd = [sys.executable, "-m", "sweep.orchestration.reprune", *args, f"tracking.uri={sweep.uri}"]
     return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -122,7 +122,7 @@ def test_reprune_an_unknown_experiment(trained):
 
 def test_task_loss_table_of_an_experiment(trained):
     sweep, _ = trained
-    cmd = [sys.executable, "-m", "sweep.task_losses", "--tracking-uri", sweep.uri, "--tasks", "else_elif,lambda_func"]
+    cmd = [sys.executable, "-m", "sweep.orchestration.task_losses", "--tracking-uri", sweep.uri, "--tasks", "else_elif,lambda_func"]
     result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary, table = result.stdout.strip().split("\n\n")

@@ -1,4 +1,4 @@
-"""The Optuna frontier search (`make search`, sweep/search.py): real Hydra multiruns, a real study, real MLflow.
+"""The Optuna frontier search (`make search`, sweep/orchestration/search.py): real Hydra multiruns, a real study, real MLflow.
 
 At TINY scale (30 steps) a model is at the unigram level and no better than chance on else_elif (task
 loss 0.8-1.6 > ln 2), so any target below chance leaves every trial unsolved (told FAIL). The target
@@ -15,7 +15,8 @@ import optuna
 import pytest
 
 from conftest import PROJECT_ROOT
-from sweep import names, search
+from sweep import names
+from sweep.orchestration import search
 
 STUDY = "tiny"
 

@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 
 from bench.projection import plain_topk_mask
 from sweep.errors import ConfigError
-from sweep.model import GPT, ModelShape
-from sweep.sparsity import (BANDED_MIN_NUMEL, WeightSparsifier, annealed_density, check_feasible,
+from sweep.science.model import GPT, ModelShape
+from sweep.science.sparsity import (BANDED_MIN_NUMEL, WeightSparsifier, annealed_density, check_feasible,
                             embedding_density, keep_mask, keep_masks)
 
 

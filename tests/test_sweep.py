@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import PROJECT_ROOT, SMALL_CORPUS, Sweep
-from sweep import names, tasks
+from sweep import names
+from sweep.circuits import tasks
 from sweep.tracking import MLFLOW_RUN_NAME_LIMIT, git_commit
 
 STEP_METRICS = set(names.STEP_METRICS)
@@ -145,7 +146,7 @@ def test_sigterm_stops_a_job_at_its_next_step_and_a_second_one_changes_nothing(m
     the job raises `Terminated` at its next step. A second signal (the whole process group signalled, as
     `docker stop` through an init does, then the sweep's own SIGTERM) cannot interrupt closing the run."""
     from sweep import lifecycle
-    from sweep.job import exit_on_sigterm
+    from sweep.orchestration.job import exit_on_sigterm
 
     monkeypatch.setattr(lifecycle, "_stop_signal", None)
     monkeypatch.setattr(lifecycle, "_job_running", True)  # (with no job running, the process exits)
@@ -220,6 +221,7 @@ def test_two_sweeps_of_the_same_points_started_together_train_each_point_once(tm
         {t.info.run_id for t in trained}
 
 
+@pytest.mark.slow  # three sweeps, one from a copy of the project
 def test_the_same_point_from_another_checkout_trains_once(sweep, tmp_path):
     """A point's identity leaves out where things are: a copy of the project at another path, with its own
     cache folder, its own task-template folder and a copy of the corpus elsewhere, skips the point the first

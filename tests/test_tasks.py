@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
-from sweep import tasks
+from sweep.circuits import tasks
 from sweep.errors import ConfigError
-from sweep.model import GPT, ModelShape
+from sweep.science.model import GPT, ModelShape
 
 ALL = [*tasks.PAPER_TASKS, tasks.CONTROL]
 

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from sweep import names, tasks
-from sweep.data import eval_windows, load_corpus
+from sweep import names
+from sweep.circuits import tasks
+from sweep.science.data import eval_windows, load_corpus
 from sweep.errors import ConfigError
-from sweep.model import GPT, ModelShape
-from sweep.tokenizer import BYTES, Tokenizer, bpe_cache_path, text_chunks, train_bpe
+from sweep.science.model import GPT, ModelShape
+from sweep.science.tokenizer import BYTES, Tokenizer, bpe_cache_path, text_chunks, train_bpe
 from tests.conftest import SMALL_CORPUS
 
 SOURCE = (SMALL_CORPUS / "utils.py").read_text()

@@ -8,11 +8,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from sweep import names
-from sweep.data import load_corpus
-from sweep.checkpoint import build_model
-from sweep.job import gpu_for_slot, job_slot
-from sweep.sparsity import WeightSparsifier
-from sweep.train import train
+from sweep.science.data import load_corpus
+from sweep.science.checkpoint import build_model
+from sweep.orchestration.job import gpu_for_slot, job_slot
+from sweep.science.sparsity import WeightSparsifier
+from sweep.science.train import train
 from tests.conftest import PROJECT_ROOT, SMALL_CORPUS
 
 

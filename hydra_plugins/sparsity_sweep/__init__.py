@@ -1,6 +1,6 @@
 """Hydra instantiates sweepers and launchers only from the `hydra_plugins` namespace: ours, defined in sweep/."""
 
-from sweep import launchers, search, sweepers
+from sweep.orchestration import launchers, search, sweepers
 
 
 class GridSweeper(sweepers.GridSweeper):

@@ -10,16 +10,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from sweep import names, tasks
-from sweep.circuit import circuit_edges, draw, write_json
-from sweep.data import eval_windows
-from sweep.discovery import METHODS, find_circuits
-from sweep.discretise import Circuit
+from sweep import names
+from sweep.circuits import tasks
+from sweep.circuits.circuit import circuit_edges, draw, write_json
+from sweep.science.data import eval_windows
+from sweep.circuits.discovery import METHODS, find_circuits
+from sweep.circuits.discretise import Circuit
 from sweep.errors import ConfigError
-from sweep.model import GPT
-from sweep.prune import ABLATIONS, Evaluator, node_means, node_names
-from sweep.prune_mask import GATES
-from sweep.tokenizer import BYTES, Tokenizer
+from sweep.science.model import GPT
+from sweep.circuits.prune import ABLATIONS, Evaluator, node_means, node_names
+from sweep.circuits.prune_mask import GATES
+from sweep.science.tokenizer import BYTES, Tokenizer
 
 
 def task_names(tasks_cfg: DictConfig) -> list[str]:

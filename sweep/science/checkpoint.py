@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from sweep.data import vocab_size
+from sweep.science.data import vocab_size
 from sweep.errors import ConfigError
-from sweep.model import GPT, ModelShape
+from sweep.science.model import GPT, ModelShape
 from sweep.points import config_hash
 
 FORMAT = 1

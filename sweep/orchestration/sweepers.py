@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep.errors import ConfigError
 from sweep.points import describe_point
 from sweep.points import config_hash
-from sweep.validate import validate
+from sweep.orchestration.validate import validate
 
 PLAN_FILE = "plan.json"
 RUN, SKIP, INVALID = "run", "skip", "invalid"

@@ -1,4 +1,4 @@
-"""`python -m sweep.reprune RUN_ID|--experiment NAME [prune.*=... tasks.*=...]`: prune stored checkpoints again.
+"""`python -m sweep.orchestration.reprune RUN_ID|--experiment NAME [prune.*=... tasks.*=...]`: prune stored checkpoints again.
 
 Each result is a new child run tagged `sweep.stage=prune` and `sweep.train_run_id`, carrying the
 training run's params and capability metrics, so the analysis treats it as a job. With
@@ -19,15 +19,16 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from sweep import checkpoint, names, tracking
-from sweep.data import load_corpus
+from sweep import names, tracking
+from sweep.science import checkpoint
+from sweep.science.data import load_corpus
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
-from sweep.job import exit_on_sigterm, resolve_device
+from sweep.orchestration.job import exit_on_sigterm, resolve_device
 from sweep.paths import CONF_DIR, DEFAULT_TRACKING_URI
 from sweep.points import config_hash, point_label
-from sweep.prune_stage import run_pruning
+from sweep.circuits.prune_stage import run_pruning
 from sweep.tracking import JobRun, end_parent_run, start_parent_run
-from sweep.validate import validate
+from sweep.orchestration.validate import validate
 
 CHANGEABLE = ("prune.", "tasks.", "tracking.")
 CARRIED_PREFIXES = ("capability/", "model/", "collapse/", "time/train_s", "perf/")

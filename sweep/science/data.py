@@ -14,7 +14,7 @@ import torch
 
 from sweep.corpus import corpus_hash, read_sources
 from sweep.errors import ConfigError
-from sweep.tokenizer import BYTES, N_BYTES, Tokenizer, load_or_train
+from sweep.science.tokenizer import BYTES, N_BYTES, Tokenizer, load_or_train
 
 FILE_SEPARATOR = b"\n\n"
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from sweep.errors import ConfigError
-from sweep.tokenizer import BYTES, Tokenizer
+from sweep.science.tokenizer import BYTES, Tokenizer
 
 # A generator draws one minimal pair: (prompt_a, target_a, prompt_b, target_b).
 Pair = tuple[str, str, str, str]

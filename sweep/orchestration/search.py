@@ -37,8 +37,9 @@ from omegaconf import DictConfig, OmegaConf
 from sweep import lifecycle, names
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.points import describe_point
-from sweep.tracking import PROJECT_ROOT, REDACTED, redact_uri, sqlite_path
-from sweep.validate import validate
+from sweep.paths import PROJECT_ROOT
+from sweep.tracking import REDACTED, redact_uri, sqlite_path
+from sweep.orchestration.validate import validate
 
 if TYPE_CHECKING:  # optuna is imported on use: every Hydra start-up imports this module (plugin scan)
     import optuna
@@ -549,7 +550,7 @@ def _close_stale_trials(study: "optuna.Study", search: Search) -> None:
 def _record_not_run(search: Search, sweep_dir: Path, launched: int, announced: int) -> None:
     """The announced trials that another search ran instead (the budget is the study's): a `skipped` outcome
     each, in a folder of the sweep where the summary reads its jobs' outcomes."""
-    from sweep.job import JobOutcome
+    from sweep.orchestration.job import JobOutcome
     status = (f"{names.STATUS_SKIPPED}: study '{search.study_name}' reached hydra.sweeper.n_trials={search.n_trials} "
               f"with trials of another search")
     for number in range(launched + 1, announced + 1):

@@ -9,8 +9,8 @@ import torch
 from omegaconf import DictConfig
 
 from sweep.lifecycle import raise_if_stopped
-from sweep.model import GPT
-from sweep.prune import Batch, NodeMasks, Site, node_sites, per_row_losses, stack_batches
+from sweep.science.model import GPT
+from sweep.circuits.prune import Batch, NodeMasks, Site, node_sites, per_row_losses, stack_batches
 
 
 def rank(model: GPT, train: list[Batch], means: dict[Site, torch.Tensor] | None, cfg: DictConfig) -> list[list[torch.Tensor]]:

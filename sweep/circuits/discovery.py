@@ -1,16 +1,16 @@
 """Circuit discovery methods behind one interface (`prune.method`): a method ranks the nodes of every
 task, (model, task batches, ablation values, prune config) -> per task a list of score vectors; the
-shared discretisation (sweep/discretise.py) turns rankings into circuits."""
+shared discretisation (sweep/circuits/discretise.py) turns rankings into circuits."""
 
 from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
 
-from sweep import prune_attribution, prune_mask
-from sweep.discretise import Circuit, smallest_circuits
-from sweep.model import GPT
-from sweep.prune import Batch, Evaluator, Site
+from sweep.circuits import prune_attribution, prune_mask
+from sweep.circuits.discretise import Circuit, smallest_circuits
+from sweep.science.model import GPT
+from sweep.circuits.prune import Batch, Evaluator, Site
 
 METHODS = {"mask": prune_mask.rank, "attribution": prune_attribution.rank}
 

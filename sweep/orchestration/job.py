@@ -16,18 +16,18 @@ import torch
 from omegaconf import DictConfig
 
 from sweep import lifecycle, names
-from sweep.checkpoint import build_model
-from sweep.checkpoint import save as save_checkpoint
-from sweep.collapse import collapse_metrics
-from sweep.data import eval_windows, load_corpus
+from sweep.science.checkpoint import build_model
+from sweep.science.checkpoint import save as save_checkpoint
+from sweep.science.collapse import collapse_metrics
+from sweep.science.data import eval_windows, load_corpus
 from sweep.errors import ConfigError
 from sweep.points import point_label
-from sweep.prune_stage import check_tasks, run_pruning
-from sweep.sparsity import WeightSparsifier
-from sweep.tokenizer import BYTES
+from sweep.circuits.prune_stage import check_tasks, run_pruning
+from sweep.science.sparsity import WeightSparsifier
+from sweep.science.tokenizer import BYTES
 from sweep.tracking import JobRun
-from sweep.train import train
-from sweep.validate import validate
+from sweep.science.train import train
+from sweep.orchestration.validate import validate
 
 log = logging.getLogger(__name__)
 EPOCHS_WARNING = 4  # more passes than this over the training split: a job says it may be memorising it

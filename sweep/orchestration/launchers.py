@@ -38,15 +38,13 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sweep import lifecycle, names
+from sweep import lifecycle, names, tracking
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
-from sweep.job import JobOutcome, exit_on_sigterm
-from sweep.points import describe_point
-from sweep.tracking import config_hash
-from sweep.validate import validate
+from sweep.orchestration.job import JobOutcome, exit_on_sigterm
+from sweep.points import config_hash, describe_point
+from sweep.orchestration.validate import validate
 
 # Hydra instantiates launchers only from the `hydra_plugins` package: slurm.yaml's `_target_` (local.yaml's
 # is hydra_plugins.sparsity_sweep.LocalLauncher).
@@ -276,8 +274,7 @@ def close_running_runs(config: DictConfig, status: str) -> None:
     query = (f"tags.`{names.TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
              f" and tags.`{names.TAG_CONFIG_HASH}` = '{config_hash(task_cfg)}'")
     for run in client.search_runs([experiment.experiment_id], filter_string=query):
-        client.set_tag(run.info.run_id, names.TAG_STATUS, status)
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        tracking.close_as_failed(client, run.info.run_id, status.removeprefix(f"{names.STATUS_FAILED}: "))
 
 
 def _trace_last_line(error: Exception) -> str:

@@ -12,11 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import corpus, tracking
 from sweep.errors import ConfigError
-from sweep.tokenizer import N_BYTES, TOKENIZERS
-from sweep.model import POS_EMB
-from sweep.prune_stage import check_prune_config
-from sweep.sparsity import check_feasible
-from sweep.train import LR_SCHEDULES, PRECISIONS
+from sweep.science.tokenizer import N_BYTES, TOKENIZERS
+from sweep.science.model import POS_EMB
+from sweep.circuits.prune_stage import check_prune_config
+from sweep.science.sparsity import check_feasible
+from sweep.science.train import LR_SCHEDULES, PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from sweep.lifecycle import raise_if_stopped
-from sweep.model import GPT
+from sweep.science.model import GPT
 from sweep.names import node_name
-from sweep.tasks import task_losses
+from sweep.circuits.tasks import task_losses
 
 ABLATIONS = ("mean", "zero")
 Site = tuple[int, str]  # (layer, location)

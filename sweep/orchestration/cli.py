@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from sweep import names, tracking
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started, work_started
-from sweep.job import JobOutcome, ignore_sigint_in_worker, job_slot, run_job
+from sweep.orchestration.job import JobOutcome, ignore_sigint_in_worker, job_slot, run_job
 from sweep.lifecycle import Terminated, is_launching_process
 from sweep.paths import CONF_DIR
 from sweep.points import config_hash, describe_point, point_label

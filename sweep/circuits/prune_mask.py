@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from sweep.lifecycle import raise_if_stopped
-from sweep.model import GPT
-from sweep.prune import Batch, NodeMasks, Site, node_sites, per_row_losses, split_sites, stack_batches
+from sweep.science.model import GPT
+from sweep.circuits.prune import Batch, NodeMasks, Site, node_sites, per_row_losses, split_sites, stack_batches
 
 GATES = ("annealed", "straight_through")
 CLAMP = 1.0  # mask parameters live in [-1, 1] (the paper's clamp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sweep import names
-from sweep.model import GPT
+from sweep.science.model import GPT
 
 UNIT_LOCATIONS = ("attn.q", "attn.k", "attn.v", "mlp.hidden")  # the units: attention channels, MLP neurons
 

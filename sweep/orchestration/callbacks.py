@@ -14,10 +14,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from sweep import launchers, lifecycle, names, search, tracking
-from sweep.data import load_corpus
+from sweep import lifecycle, names, tracking
+from sweep.orchestration import launchers, search
+from sweep.science.data import load_corpus
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started
-from sweep.sweepers import (INVALID, RUN, SKIP, PlannedPoint, expand_grid, grids_of, mark_repeats, plan_points,
+from sweep.orchestration.sweepers import (INVALID, RUN, SKIP, PlannedPoint, expand_grid, grids_of, mark_repeats, plan_points,
                             write_plan)
 
 

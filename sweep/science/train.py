@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sweep import names
-from sweep.data import eval_windows, sample_batch
+from sweep.science.data import eval_windows, sample_batch
 from sweep.lifecycle import raise_if_stopped
-from sweep.model import GPT
-from sweep.sparsity import WeightSparsifier
+from sweep.science.model import GPT
+from sweep.science.sparsity import WeightSparsifier
 
 LR_SCHEDULES = ("sharkfin", "linear")
 PRECISIONS = ("fp32", "bf16")

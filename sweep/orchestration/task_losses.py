@@ -1,4 +1,4 @@
-"""`python -m sweep.task_losses [--experiment NAME] [--tracking-uri URI] [--tasks a,b]`: the task table.
+"""`python -m sweep.orchestration.task_losses [--experiment NAME] [--tracking-uri URI] [--tasks a,b]`: the task table.
 
 Full-model held-out loss of every task on every finished training checkpoint of an experiment, as
 markdown: a summary (per checkpoint, the tasks below 0.3 and 0.15, and how many of them need
@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from sweep import checkpoint, points, tasks, tracking
-from sweep.data import run_tokenizer
+from sweep import points, tracking
+from sweep.science import checkpoint
+from sweep.circuits import tasks
+from sweep.science.data import run_tokenizer
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.paths import DEFAULT_TRACKING_URI
 

@@ -8,9 +8,9 @@ from typing import Callable
 
 import torch
 
-from sweep.model import GPT
+from sweep.science.model import GPT
 from sweep.names import NODE_LOCATIONS, node_name
-from sweep.prune import node_sites
+from sweep.circuits.prune import node_sites
 
 # (source location, destination location, weight matrix of the block): the edges inside a block.
 EDGE_MATRICES = (("attn.in", "attn.q", "q"), ("attn.in", "attn.k", "k"), ("attn.in", "attn.v", "v"),
