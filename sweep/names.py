@@ -35,6 +35,7 @@ TAG_RUN_NAME = "mlflow.runName"
 KIND_PARENT = "parent"
 KIND_JOB = "job"
 TAG_PROCESS = "sweep.process"  # host:pid:start of the process that opened the run (finds orphaned runs)
+TAG_OPTUNA_STUDY, TAG_OPTUNA_TRIAL = "optuna.study", "optuna.trial"  # on each trial's run (make search)
 TAG_LAUNCHER_PROCESS = "sweep.launcher_process"  # host:pid:start of the sweep's launching process (a job's run)
 STATUS_RUNNING = "running"
 STATUS_FINISHED = "finished"
@@ -74,8 +75,9 @@ CIRCUIT_PER_TASK = ("nodes", "edges", "loss", "full_loss", "solved", "necessity_
 EDGES_GEOMEAN = "circuit/edges_geomean"  # the geomean (below) of the solved tasks' edges
 NODES_GEOMEAN = "circuit/nodes_geomean"
 TASKS_SOLVED_FRAC = "circuit/tasks_solved_frac"
-CONTROL_EDGES = "circuit/control/edges"
-CONTROL_SOLVED = "circuit/control/solved"
+CONTROL = "control"  # the nonsense control's name in metric keys and the analysis's tables (task nonsense_control)
+CONTROL_EDGES = f"circuit/{CONTROL}/edges"
+CONTROL_SOLVED = f"circuit/{CONTROL}/solved"
 TAG_STAGE = "sweep.stage"  # STAGE_TRAIN (with pruning; the tag may be absent) | STAGE_PRUNE (a re-prune of a stored checkpoint)
 STAGE_TRAIN = "train"
 STAGE_PRUNE = "prune"
@@ -84,7 +86,16 @@ TAG_TRAIN_RUN = "sweep.train_run_id"
 
 
 def circuit_metric(task: str, what: str) -> str:
+    """`circuit/<task>/<what>`: the key a job writes and the analysis reads (`parse_circuit_metric`)."""
     return f"circuit/{task}/{what}"
+
+
+def parse_circuit_metric(key: str) -> tuple[str, str] | None:
+    """(task, what) of a per-task circuit metric key (`circuit_metric`'s inverse), else None."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "circuit" and parts[2] in CIRCUIT_PER_TASK:
+        return parts[1], parts[2]
+    return None
 
 
 def circuit_artifact(task: str, suffix: str) -> str:

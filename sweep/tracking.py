@@ -246,6 +246,17 @@ def finished_training_runs(client: MlflowClient, experiment_id: str) -> list:
     return [r for r in job_runs(client, experiment_id) if is_finished(r) and is_training_run(r)]
 
 
+def tag_trial(tracking_uri: str, run_id: str, study: str, trial: int) -> None:
+    """Mark a job's run as trial `trial` of Optuna study `study`."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.set_tag(run_id, names.TAG_OPTUNA_STUDY, study)
+    client.set_tag(run_id, names.TAG_OPTUNA_TRIAL, str(trial))
+
+
+def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_dir: str | None = None) -> None:
+    MlflowClient(tracking_uri=tracking_uri).log_artifact(run_id, str(path), artifact_dir)
+
+
 def close_as_failed(client: MlflowClient, run_id: str, reason: str) -> None:
     """Tag a run `failed: <reason>` and close it FAILED."""
     client.set_tag(run_id, names.TAG_STATUS, f"{names.STATUS_FAILED}: {reason}"[:500])

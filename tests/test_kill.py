@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from conftest import PROJECT_ROOT
 from sweep import lifecycle, names, tracking
-from test_resume import training_runs, wait_for
+from test_resume import launch_until_two_train, training_runs, wait_for
 
 LONG = "train.steps=3000"  # a job still training when the test's signal lands
 
@@ -94,13 +94,8 @@ def test_the_workers_of_a_killed_launching_process_stop_and_a_rerun_trains_the_p
 def test_a_killed_worker_fails_its_jobs_and_the_sweep_ends_with_its_summary(sweep):
     """SIGKILL of one worker process: joblib stops the whole batch; the sweep records the killed job, its
     sibling and the job not yet started as failed, closes their runs FAILED, prints its summary, exits 1."""
-    grid = ["sparsity.density=1,0.5,0.25", LONG, "hydra.launcher.n_jobs=2"]
-    cmd = [sys.executable, "-m", "sweep", "-m", *sweep.args(*grid)]
-    launcher = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+    launcher = launch_until_two_train(sweep, ["sparsity.density=1,0.5,0.25", LONG, "hydra.launcher.n_jobs=2"])
     try:
-        wait_for(lambda: (sweep.tmp / "multirun" / "plan.json").exists()
-                 and len(training_runs(sweep, names.STATUS_RUNNING)) == 2)
         victim = training_runs(sweep, names.STATUS_RUNNING)[0].data.tags[names.TAG_PROCESS]
         os.kill(int(victim.rsplit(":", 2)[1]), signal.SIGKILL)
         output, _ = launcher.communicate(timeout=180)

@@ -205,7 +205,7 @@ def test_two_searches_at_once_share_one_study_without_training_a_point_twice(sta
     assert {t.user_attrs["run_id"] for t in trials} == set(by_run)
     for t in trials:
         tags = by_run[t.user_attrs["run_id"]].data.tags
-        assert (tags[search.TAG_STUDY], tags[search.TAG_TRIAL]) == (STUDY, str(t.number))
+        assert (tags[names.TAG_OPTUNA_STUDY], tags[names.TAG_OPTUNA_TRIAL]) == (STUDY, str(t.number))
 
 
 def test_a_study_storage_that_cannot_serve_stops_the_search_before_anything(stack, tmp_path):

@@ -33,6 +33,20 @@ def wait_for(condition, timeout_s: float = 300.0) -> None:
         time.sleep(0.5)
 
 
+def launch_until_two_train(sweep, grid: list[str]) -> subprocess.Popen:
+    """`python -m sweep -m` in a session of its own (its output piped), returned once two jobs train."""
+    cmd = [sys.executable, "-m", "sweep", "-m", *sweep.args(*grid)]
+    launcher = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: (sweep.tmp / "multirun" / "plan.json").exists()
+                 and len(training_runs(sweep, names.STATUS_RUNNING)) == 2)
+    except BaseException:
+        launcher.kill()
+        raise
+    return launcher
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n_jobs", [2, 1], ids=["worker-processes", "in-process"])
 def test_a_killed_sweep_resumes_with_only_the_missing_points(sweep, n_jobs):
@@ -70,13 +84,8 @@ def test_a_killed_sweep_resumes_with_only_the_missing_points(sweep, n_jobs):
 def test_a_signal_to_the_whole_process_group_leaves_no_run_running(sweep, signum):
     """Ctrl-C in a terminal, and `docker stop` through an init that signals the group (docker/compose.yaml),
     reach the launching process and its workers at once: every run still ends FAILED, none RUNNING."""
-    grid = [*GRID, "train.steps=3000", "hydra.launcher.n_jobs=2"]
-    cmd = [sys.executable, "-m", "sweep", "-m", *sweep.args(*grid)]
-    launcher = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+    launcher = launch_until_two_train(sweep, [*GRID, "train.steps=3000", "hydra.launcher.n_jobs=2"])
     try:
-        wait_for(lambda: (sweep.tmp / "multirun" / "plan.json").exists()
-                 and len(training_runs(sweep, names.STATUS_RUNNING)) == 2)
         time.sleep(2)  # both jobs inside the training loop
         os.killpg(launcher.pid, signum)
         output, _ = launcher.communicate(timeout=180)

@@ -66,7 +66,7 @@ def test_study_runs_resumes_reports_a_pareto_set_and_refuses_another_space(sweep
     by_run = {j.info.run_id: j for j in jobs}
     for t in trials:  # each trial is one child run, told the child run's own metrics
         job = by_run[t.user_attrs["run_id"]]
-        assert job.data.tags[search.TAG_TRIAL] == str(t.number) and job.data.tags[search.TAG_STUDY] == STUDY
+        assert job.data.tags[names.TAG_OPTUNA_TRIAL] == str(t.number) and job.data.tags[names.TAG_OPTUNA_STUDY] == STUDY
         assert t.values == [job.data.metrics[names.CAPABILITY_VAL_LOSS], job.data.metrics[names.EDGES_GEOMEAN]]
         assert float(job.data.params["sparsity.density"]) == pytest.approx(t.params["sparsity.density"])
         assert job.data.params["model.width_mult"] == str(t.params["model.width_mult"])

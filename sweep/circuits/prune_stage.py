@@ -121,7 +121,7 @@ def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metri
             if values["solved"] and not is_control:
                 solved_edges.append(len(edges))
                 solved_nodes.append(len(nodes))
-            metrics.update({names.circuit_metric("control" if is_control else task_set.name, k): v
+            metrics.update({names.circuit_metric(names.CONTROL if is_control else task_set.name, k): v
                             for k, v in values.items()})
             write_json(Path(tmp) / f"{task_set.name}.json",
                        {"task": task_set.name, **values, "target_loss": p.target_loss, "ablation": p.ablation,

@@ -34,7 +34,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from sweep import lifecycle, names
+from sweep import lifecycle, names, tracking
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.points import describe_point
 from sweep.paths import PROJECT_ROOT
@@ -49,7 +49,6 @@ OBJECTIVES = (names.CAPABILITY_VAL_LOSS, names.EDGES_GEOMEAN)
 RESULT_KEYS = ("val_loss", "edges_geomean")  # the same two values in a job's result (JobOutcome)
 DIRECTIONS = ("minimize", "maximize")
 SPACE_ATTR, SPACE_TEXT_ATTR = "search_space", "search_space_text"  # study user attrs
-TAG_STUDY, TAG_TRIAL = "optuna.study", "optuna.trial"  # tags on each trial's MLflow child run
 POINT_ATTR, PROCESS_ATTR = "point", "process"  # trial user attrs: its overrides, the search that runs it
 STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
 # PostgreSQL advisory lock (one per database) that searches on the storage take turns on
@@ -492,7 +491,6 @@ class OptunaSweeper(Sweeper):
 
     def _tell(self, study, trial, job: JobReturn) -> None:
         """Both objectives of a finished job, or FAIL with the reason (failed, invalid, no task solved)."""
-        from mlflow import MlflowClient
         from optuna.trial import TrialState
         try:
             result = job.return_value  # re-raises what the job raised
@@ -504,9 +502,7 @@ class OptunaSweeper(Sweeper):
         trial.set_user_attr("status", status[:500])
         if run_id := result.get("run_id"):
             trial.set_user_attr("run_id", run_id)
-            client = MlflowClient(tracking_uri=self.config.tracking.uri)
-            client.set_tag(run_id, TAG_STUDY, study.study_name)
-            client.set_tag(run_id, TAG_TRIAL, str(trial.number))
+            tracking.tag_trial(self.config.tracking.uri, run_id, study.study_name, trial.number)
         values = [result.get(k) for k in RESULT_KEYS]
         reason = None
         if status != names.STATUS_FINISHED:
@@ -608,8 +604,7 @@ def report(study: "optuna.Study | None", search: Search, sweep_dir: Path, tracki
         print("  ".join(x.rjust(w) if i < len(header) - 1 else x for i, (x, w) in enumerate(zip(line, widths))))
     print(f"pareto set: {search.pareto_file} (and {sweep_dir / PARETO_FILE})")
     if tracking_uri and parent_run_id:
-        from mlflow import MlflowClient
-        MlflowClient(tracking_uri=tracking_uri).log_artifact(parent_run_id, str(sweep_dir / PARETO_FILE))
+        tracking.log_artifact(tracking_uri, parent_run_id, sweep_dir / PARETO_FILE)
     return rows
 
 
