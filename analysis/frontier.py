@@ -17,7 +17,7 @@ from analysis.load import BASE_WIDTH, DENSITY, SEED, WIDTH, AnalysisError
 from sweep import names, points
 
 CONFIDENCE = 0.95
-CONTROL_TASK = "control"  # `circuit/control/*`: the nonsense control, never part of a geomean
+CONTROL_TASK = names.CONTROL  # the nonsense control: never part of a geomean
 # Fixed, so that two sweeps' hypervolumes compare: a loss worse than unigram (3.35 nats/byte on
 # the stdlib corpus) or a circuit of a million edges is worth nothing.
 HV_REFERENCE = (3.5, 1e6)

@@ -155,14 +155,6 @@ def _parent_to_log_to(client: MlflowClient, runs: list) -> tuple[str | None, str
                                     f"newest, {parents[0].info.run_id} (--parent RUN_ID picks one sweep)")
 
 
-def _task_metric(key: str) -> tuple[str, str] | None:
-    """(task, what) of a per-task circuit metric `circuit/<task>/<what>`, else None."""
-    parts = key.split("/")
-    if len(parts) == 3 and parts[0] == "circuit" and parts[2] in names.CIRCUIT_PER_TASK:
-        return parts[1], parts[2]
-    return None
-
-
 def runs_table(runs: list) -> pd.DataFrame:
     """One row per run: identity, params (dotted names) and final metrics (contract names); per-task
     circuit metrics go to `tasks_table`."""
@@ -173,7 +165,7 @@ def runs_table(runs: list) -> pd.DataFrame:
                "config_hash": tags.get(names.TAG_CONFIG_HASH), "stage": tags.get(names.TAG_STAGE, "train"),
                "train_run_id": tags.get(names.TAG_TRAIN_RUN), "start_time": run.info.start_time}
         row.update(run.data.params)
-        row.update({k: v for k, v in run.data.metrics.items() if _task_metric(k) is None})
+        row.update({k: v for k, v in run.data.metrics.items() if names.parse_circuit_metric(k) is None})
         rows.append(row)
     return normalise(pd.DataFrame(rows))
 
@@ -211,7 +203,7 @@ def tasks_table(runs: list) -> pd.DataFrame:
     for run in runs:
         per_task: dict[str, dict] = {}
         for key, value in run.data.metrics.items():
-            if (parsed := _task_metric(key)) is not None:
+            if (parsed := names.parse_circuit_metric(key)) is not None:
                 per_task.setdefault(parsed[0], {})[parsed[1]] = value
         params = run.data.params
         for task, values in sorted(per_task.items()):

@@ -45,10 +45,10 @@ def method_rows(client, runs: list) -> pd.DataFrame:
             params, metrics = run.data.params, run.data.metrics
             checkpoint = run.data.tags.get(names.TAG_TRAIN_RUN) or run.info.run_id
             for key in metrics:
-                parts = key.split("/")
-                if len(parts) != 3 or parts[0] != "circuit" or parts[2] != "solved" or parts[1] == "control":
+                parsed = names.parse_circuit_metric(key)
+                if parsed is None or parsed[1] != "solved" or parsed[0] == names.CONTROL:
                     continue
-                task = parts[1]
+                task = parsed[0]
                 solved = metrics[key] == 1.0
                 nodes = _nodes(client, run.info.run_id, task, Path(tmp)) if solved else []
                 rows.append({"checkpoint": checkpoint_label(params), "train_run_id": checkpoint, "run_id": run.info.run_id,
