@@ -148,6 +148,10 @@ class SweepCallback(Callback):
         self._stopping = True
         print(f"\nsweep: signal {signum}: stopping the jobs...", file=sys.stderr, flush=True)
         lifecycle.terminate_descendants()
+        # a worker killed before its job could close its run (a signal between the run's creation and
+        # the job's handler): its process is gone now, so its run is closed here, not by the next sweep
+        for run_id in tracking.close_orphaned_runs(self.config.tracking):
+            print(f"marked run {run_id} FAILED: its process ended without closing it", file=sys.stderr)
         summary, _ = self._summary()
         tracking.end_parent_run(self.config.tracking, self.parent_run_id, True, f"killed by signal {signum}\n{summary}")
         print(f"{summary}\nsweep killed; run the same command again to run only the missing points", flush=True)
