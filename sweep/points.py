@@ -8,6 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweep.corpus import source_hash  # reads a corpus's files once per process and source
+
 # Keys that say where or how a job runs or logs, not what it computes: out of a point's identity,
 # its label and the analysis's comparison of settings. Paths are here; what they point to is not
 # (the corpus and the task templates count by content, below).
@@ -41,8 +43,6 @@ def flatten(cfg: DictConfig) -> dict[str, object]:
 def identity(cfg: DictConfig) -> dict[str, object]:
     """What a job computes: the resolved config without its where keys, with the corpus and the task
     templates by content, so that two checkouts at different paths (or another cache folder) agree."""
-    from sweep.corpus import source_hash  # reads the corpus's files (once per process)
-
     flat = {k: v for k, v in flatten(cfg).items() if not is_where_key(k)}
     if "data.source" in flat:
         flat[CORPUS_KEY] = source_hash(str(flat.pop("data.source")))
