@@ -6,12 +6,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from mlflow.entities import Metric
 
 from analysis import figures, findings, latex, load
 from analysis.collapse import COLLAPSE, CollapseRule, label_points
 from analysis.frontier import (HV_REFERENCE, aggregate_points, assign_points, common_tasks, frontier_table,
                                hypervolume_table, run_edges, task_points)
+from sweep import names
 
 ARTIFACT_DIR = "frontier"  # in the parent run's artifacts
 FINDINGS_CSV = "findings.csv"
@@ -126,8 +129,26 @@ def analyse(options: Options) -> Result:
     if options.log and client is not None and parent_run_id is not None:
         for path in files:
             client.log_artifact(parent_run_id, str(path), ARTIFACT_DIR)
+        log_frontier_summary(client, parent_run_id, hypervolumes, options.figures)
         result.artifact_uri = f"{client.get_run(parent_run_id).info.artifact_uri}/{ARTIFACT_DIR}"
     return result
+
+
+FRONTIER_NOTE = "\n\nFrontier (make frontier"  # starts the parent description's paragraph this writes
+
+
+def log_frontier_summary(client, parent_run_id: str, hypervolumes: pd.DataFrame, with_figures: bool) -> None:
+    """On the parent run: the hypervolume of each width (and overall) as metrics `frontier/hypervolume/<scope>`,
+    and a paragraph of its description naming the figure and those values (replaced on each analysis)."""
+    measured = hypervolumes[np.isfinite(hypervolumes["hypervolume"])]
+    client.log_batch(parent_run_id, metrics=[Metric(f"frontier/hypervolume/{row.scope}", float(row.hypervolume),
+                                                    int(time.time() * 1000), 0) for row in measured.itertuples()])
+    described = client.get_run(parent_run_id).data.tags.get(names.TAG_DESCRIPTION, "").split(FRONTIER_NOTE)[0]
+    values = ", ".join(f"{row.scope} {row.hypervolume:.3g}" for row in measured.itertuples()) or "none measured"
+    figure = f"`{ARTIFACT_DIR}/frontier.png`" if with_figures else "no figures (--no-figures)"
+    client.set_tag(parent_run_id, names.TAG_DESCRIPTION, f"{described}{FRONTIER_NOTE}, {time.strftime('%Y-%m-%d')}): "
+                   f"{figure}, tables in `{ARTIFACT_DIR}/`; hypervolume (nats/byte x decades of edges, larger is "
+                   f"better): {values}.")
 
 
 def readme_around_findings(readme: Path) -> tuple[str, str]:

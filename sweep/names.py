@@ -26,7 +26,15 @@ def node_name(layer: int, location: str, channel: int | None = None) -> str:
 TAG_KIND = "sweep.kind"  # parent | job
 TAG_CONFIG_HASH = "sweep.config_hash"
 TAG_STATUS = "sweep.status"  # finished | failed: <reason> | skipped: duplicate of <run_id>
-TAG_GIT_COMMIT = "git.commit"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own source tags: the run page shows them
+TAG_SOURCE_NAME = "mlflow.source.name"  # the entry point: `python -m sweep`, `python -m sweep.orchestration.reprune`
+TAG_SOURCE_TYPE = "mlflow.source.type"
+TAG_DESCRIPTION = "mlflow.note.content"  # a run's or an experiment's description in the MLflow UI
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens a custom_model_development experiment on its runs
+EXPERIMENT_KIND = "custom_model_development"
+SOURCE_SWEEP = "python -m sweep"  # mlflow.source.name of a sweep's runs
+SOURCE_REPRUNE = "python -m sweep.orchestration.reprune"
+TAG_POINT = "sweep.point"  # the point without its seed (`w2-d0.06`): the UI's "group by" pools seeds
 TAG_CORPUS_HASH = "data.corpus_hash"
 TAG_DEVICE = "sweep.device"  # where the job trained: `cpu` or `cuda:<index> <GPU name>`
 TAG_TOKENIZER_HASH = "data.tokenizer_hash"  # `bytes`, or the hash of the BPE's JSON (the artifact ARTIFACT_TOKENIZER)
@@ -73,6 +81,7 @@ CIRCUIT_PER_TASK = ("nodes", "edges", "loss", "full_loss", "solved", "necessity_
                     "cue_distance",  # tokens before the last one where the two prompts of a pair first differ (median)
                     "empty_loss")  # every node ablated: what the ablation values and the bigram table do alone
 EDGES_GEOMEAN = "circuit/edges_geomean"  # the geomean (below) of the solved tasks' edges
+LOG10_EDGES_GEOMEAN = "circuit/log10_edges_geomean"  # the same on the frontier's axis: a UI chart has no log scale
 NODES_GEOMEAN = "circuit/nodes_geomean"
 TASKS_SOLVED_FRAC = "circuit/tasks_solved_frac"
 CONTROL = "control"  # the nonsense control's name in metric keys and the analysis's tables (task nonsense_control)
@@ -128,6 +137,11 @@ ARTIFACT_CHECKPOINT_DIR = "checkpoint"
 ARTIFACT_CHECKPOINT = "checkpoint/model.pt"
 ARTIFACT_TOKENIZER = "tokenizer.json"  # a BPE run's tokenizer (the `tokenizers` package's JSON)
 
+ARTIFACT_SUMMARY = "summary.txt"  # the parent run's summary as text, and as a table the UI shows (log_table)
+ARTIFACT_SUMMARY_TABLE = "summary.json"
+ARTIFACT_PLAN = "plan.json"  # the parent run's plan of every point (run, skip, invalid) and the multirun's config
+ARTIFACT_MULTIRUN_CONFIG = "multirun.yaml"
+
 # Each multirun job writes its outcome here, in its own output folder; the sweep summary reads them.
 RESULT_FILE = "result.json"
 
@@ -139,4 +153,6 @@ def geomean(counts) -> float:
     """The circuit aggregates' geometric mean (`circuit/edges_geomean`, `nodes_geomean`): counts below 1
     count as 1 (a circuit of 0 edges is not infinitely small); NaN for none."""
     v = [max(float(c), 1.0) for c in counts]
-    return math.exp(sum(math.log(c) for c in v) / len(v)) if v else math.nan
+    if not v:
+        return math.nan
+    return float(f"{math.exp(sum(math.log(c) for c in v) / len(v)):.12g}")  # exp(log(420)) is 419.99999999999994

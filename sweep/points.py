@@ -51,6 +51,25 @@ def identity(cfg: DictConfig) -> dict[str, object]:
     return flat
 
 
+def run_params(cfg: DictConfig) -> dict[str, object]:
+    """A run's MLflow params: the resolved config without machine paths (a folder, a SQLite store's file;
+    config.yaml keeps them), the corpus and the task templates by content hash, and `model.d_model`."""
+    params = {k: v for k, v in flatten(cfg).items() if not _is_machine_path(v)}
+    params.update({k: v for k, v in identity(cfg).items() if k in (CORPUS_KEY, TEMPLATES_KEY)})
+    if OmegaConf.select(cfg, "model") is not None:
+        params["model.d_model"] = d_model(cfg.model)
+    return params
+
+
+def _is_machine_path(value) -> bool:
+    return isinstance(value, str) and value.startswith(("/", "~", "sqlite:///", "file:"))
+
+
+def d_model(model_cfg) -> int:
+    """The residual width: model.base_width x model.width_mult."""
+    return int(model_cfg.base_width * model_cfg.width_mult)
+
+
 def config_hash(cfg: DictConfig) -> str:
     """The point's identity as a short hash: equal hash, same point."""
     return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -78,11 +97,13 @@ def label(width, density, seed=None) -> str:
     return base if seed is None else f"{base}-s{int(seed)}"
 
 
-def point_label(cfg: DictConfig, overrides=()) -> str:
-    """Short name such as `w2-d0.06-s0 lr=0.005`: the grid axes, then any other override."""
+def point_label(cfg: DictConfig, overrides=(), with_seed: bool = True) -> str:
+    """Short name such as `w2-d0.06-s0 lr=0.005`: the grid axes, then any other override; without the
+    seed (`w2-d0.06 lr=0.005`) it names the point over its seeds."""
     extras = [_short(o) for o in overrides if "=" in o and not is_where_key(o.split("=", 1)[0])
               and o.split("=", 1)[0].lstrip("+~") not in (*AXIS_KEYS, "experiment")]
-    return " ".join([label(cfg.model.width_mult, cfg.sparsity.density, cfg.seed), *extras])
+    seed = cfg.seed if with_seed else None
+    return " ".join([label(cfg.model.width_mult, cfg.sparsity.density, seed), *extras])
 
 
 def _short(override: str) -> str:

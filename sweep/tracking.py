@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import pandas as pd
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
@@ -18,14 +20,17 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import lifecycle, names
+from sweep.corpus import source_roots
 from sweep.paths import PROJECT_ROOT
-from sweep.points import config_hash, flatten
+from sweep.points import config_hash, run_params
 from sweep.errors import ConfigError
 
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
 MLFLOW_PARAM_BATCH_LIMIT = 100
 MLFLOW_RUN_NAME_LIMIT = 250  # characters: runs.name is VARCHAR(250) on PostgreSQL/MySQL (SQLite does not check)
+SYSTEM_METRICS_INTERVAL_S = 10  # MLflow's default sampling period of system/* (CPU, memory, GPU)
 SERVER_PROBE_TIMEOUT_S = 15  # per request of the probe; MLflow's client would retry for minutes instead
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start and stop lines, per job
 _server_problems: dict[str, str | None] = {}  # tracking server URI -> why it cannot be used (None: it works)
 
 
@@ -52,10 +57,16 @@ def redact_uri(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
 
 
-def redacted(cfg: DictConfig) -> DictConfig:
-    """A copy of a job's config whose tracking.uri carries no password (for params and config.yaml)."""
-    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    copy.tracking.uri = redact_uri(copy.tracking.uri)
+SECRET_KEYS = ("tracking.uri", "hydra.sweeper.storage")  # URIs that may carry a password
+
+
+def redacted(cfg: DictConfig, resolve: bool = True) -> DictConfig:
+    """A copy of a config whose URIs carry no password (for params, config.yaml and the multirun's config);
+    `resolve=False` keeps its interpolations (the multirun's config, as Hydra saves it)."""
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=resolve))
+    for key in SECRET_KEYS:
+        if isinstance(value := OmegaConf.select(copy, key, throw_on_resolution_failure=False), str):
+            OmegaConf.update(copy, key, redact_uri(value))
     return copy
 
 
@@ -168,14 +179,34 @@ def store_lock(uri: str) -> contextlib.AbstractContextManager:
     return FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
 
 
+EXPERIMENT_DESCRIPTION = """\
+Sparsity x width sweep of small weight-sparse transformers (sparsity-sweep). Each **job run** (child of a
+sweep's parent run) trains one grid point `w<width>-d<density>-s<seed>`, measures its capability
+(`capability/val_loss`, nats per token on held-out text: lower is more capable) and prunes, for every task,
+the smallest circuit that still solves it (`circuit/<task>/edges`; `circuit/edges_geomean` over the solved
+tasks, `circuit/log10_edges_geomean` on the frontier's axis: smaller is more interpretable).
+
+How to read it: group the runs by the tag `sweep.point` to pool seeds; chart `capability/val_loss` against
+`circuit/log10_edges_geomean`, coloured by `model.d_model`, for the capability-interpretability frontier.
+Each parent run holds its sweep's summary table (`summary.json`: every point, run, skipped or invalid) and,
+after `make frontier`, the paper's figures (`frontier/frontier.png`). A job's circuits are drawn in its
+artifacts under `circuits/`."""
+
+
 def ensure_experiment(tracking_cfg) -> tuple[MlflowClient, str]:
-    """Create the store and the experiment if needed; return a client and the experiment id."""
+    """Create the store and the experiment if needed, tagged so that MLflow's UI opens it on its runs and
+    shows what it holds; return a client and the experiment id."""
+    tags = {names.TAG_EXPERIMENT_KIND: names.EXPERIMENT_KIND, names.TAG_DESCRIPTION: EXPERIMENT_DESCRIPTION}
     with store_lock(tracking_cfg.uri):  # a new client opens the store: it creates or migrates the schema
         client = MlflowClient(tracking_uri=tracking_cfg.uri)
         experiment = client.get_experiment_by_name(tracking_cfg.experiment)
-        if experiment is not None:
-            return client, experiment.experiment_id
-        return client, client.create_experiment(tracking_cfg.experiment, artifact_location=artifact_location(tracking_cfg))
+        if experiment is None:
+            return client, client.create_experiment(tracking_cfg.experiment, tags=tags,
+                                                    artifact_location=artifact_location(tracking_cfg))
+        for key, value in tags.items():  # an experiment made before these tags, or by someone else
+            if key not in experiment.tags:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
+        return client, experiment.experiment_id
 
 
 def git_commit() -> str | None:
@@ -189,6 +220,14 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def source_tags(entry_point: str) -> dict[str, str]:
+    """MLflow's own source tags: the entry point (`python -m sweep`) and the commit, which the UI shows."""
+    tags = {names.TAG_SOURCE_NAME: entry_point, names.TAG_SOURCE_TYPE: "LOCAL"}
+    if commit := git_commit():
+        tags[names.TAG_GIT_COMMIT] = commit
+    return tags
+
+
 def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
     """A run whose name fits every backend: a long override list is cut to the limit with "..." (the
     full configuration is in the run's params and config artifact)."""
@@ -197,18 +236,34 @@ def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: di
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
-def start_parent_run(tracking_cfg, run_name: str) -> str:
-    """A sweep's parent run, created in the launching process."""
+def start_parent_run(tracking_cfg, run_name: str, entry_point: str = names.SOURCE_SWEEP,
+                     description: str = "", params: dict | None = None) -> str:
+    """A sweep's parent run, created in the launching process, with its description and the grid as params."""
     client, experiment_id = ensure_experiment(tracking_cfg)
-    tags = {names.TAG_KIND: names.KIND_PARENT, names.TAG_PROCESS: lifecycle.process_tag()}
-    if commit := git_commit():
-        tags[names.TAG_GIT_COMMIT] = commit
-    return create_run(client, experiment_id, run_name, tags)
+    tags = {names.TAG_KIND: names.KIND_PARENT, names.TAG_PROCESS: lifecycle.process_tag(), **source_tags(entry_point)}
+    if description:
+        tags[names.TAG_DESCRIPTION] = description
+    run_id = create_run(client, experiment_id, run_name, tags)
+    log_params(client, run_id, params or {})
+    return run_id
 
 
-def end_parent_run(tracking_cfg, run_id: str, failed: bool, summary: str) -> None:
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    """Params in batches of MLflow's limit."""
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(items), MLFLOW_PARAM_BATCH_LIMIT):
+        client.log_batch(run_id, params=items[i:i + MLFLOW_PARAM_BATCH_LIMIT])
+
+
+def end_parent_run(tracking_cfg, run_id: str, failed: bool, summary: str, table: list[dict] | None = None,
+                   description: str | None = None) -> None:
+    """The summary as text and, where given, as a table the UI shows (`summary.json`); close the run."""
     client = MlflowClient(tracking_uri=tracking_cfg.uri)
-    client.log_text(run_id, summary, "summary.txt")
+    client.log_text(run_id, summary, names.ARTIFACT_SUMMARY)
+    if table is not None:
+        client.log_table(run_id, pd.DataFrame(table), names.ARTIFACT_SUMMARY_TABLE)
+    if description is not None:
+        client.set_tag(run_id, names.TAG_DESCRIPTION, description)
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 
 
@@ -251,6 +306,13 @@ def tag_trial(tracking_uri: str, run_id: str, study: str, trial: int) -> None:
     client = MlflowClient(tracking_uri=tracking_uri)
     client.set_tag(run_id, names.TAG_OPTUNA_STUDY, study)
     client.set_tag(run_id, names.TAG_OPTUNA_TRIAL, str(trial))
+
+
+def log_texts(tracking_uri: str, run_id: str, texts: dict[str, str]) -> None:
+    """Artifacts {file name: text} of a run."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for artifact, text in texts.items():
+        client.log_text(run_id, text, artifact)
 
 
 def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_dir: str | None = None) -> None:
@@ -361,34 +423,41 @@ def holder_of(client: MlflowClient, experiment_id: str, point_hash: str) -> str 
 
 
 class JobRun:
-    """One job's child run; metrics are buffered and written in batches. With `claim`, the point is
+    """One job's child run; metrics are buffered and written in batches, by count and at least every
+    `tracking.flush_interval_s` (the UI shows a running job's curves). With `claim`, the point is
     checked and the run created in one step under the store's lock: a point that another run holds
     (finished, or running in a live process: a second sweep started at once, the workers of a killed
-    sweep) raises PointHeld instead of training twice."""
+    sweep) raises PointHeld instead of training twice. With `tracking.system_metrics`, MLflow samples the
+    machine's CPU, memory (and GPU) into `system/*` while the run is open."""
 
     def __init__(self, cfg: DictConfig, run_name: str, parent_run_id: str | None, extra_tags: dict[str, str],
-                 claim: bool = False):
+                 claim: bool = False, entry_point: str = names.SOURCE_SWEEP):
         self.client, experiment_id = ensure_experiment(cfg.tracking)
         tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_CONFIG_HASH: config_hash(cfg),
-                names.TAG_STATUS: names.STATUS_RUNNING, names.TAG_PROCESS: lifecycle.process_tag(), **extra_tags}
+                names.TAG_STATUS: names.STATUS_RUNNING, names.TAG_PROCESS: lifecycle.process_tag(),
+                **source_tags(entry_point), **extra_tags}
         if launcher := lifecycle.launcher_tag():  # a worker of the local launcher: the sweep process it serves
             tags[names.TAG_LAUNCHER_PROCESS] = launcher
         if parent_run_id:
             tags[names.TAG_PARENT] = parent_run_id
-        if commit := git_commit():
-            tags[names.TAG_GIT_COMMIT] = commit
         with store_lock(cfg.tracking.uri) if claim else contextlib.nullcontext():
             if claim and (holder := holder_of(self.client, experiment_id, tags[names.TAG_CONFIG_HASH])):
                 raise PointHeld(holder)
             self.run_id = create_run(self.client, experiment_id, run_name, tags)
-        self.flush_every = cfg.tracking.flush_every
+        self.flush_every, self.flush_interval_s = cfg.tracking.flush_every, cfg.tracking.flush_interval_s
         self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self._system_metrics = None
         try:  # a signal can arrive while the run is being set up: it must not stay RUNNING
             shown = redacted(cfg)  # no password of tracking.uri in params or artifacts
-            params = [Param(k, str(v)) for k, v in flatten(shown).items()]
-            for i in range(0, len(params), MLFLOW_PARAM_BATCH_LIMIT):
-                self.client.log_batch(self.run_id, params=params[i:i + MLFLOW_PARAM_BATCH_LIMIT])
+            log_params(self.client, self.run_id, run_params(shown))
             self.client.log_text(self.run_id, OmegaConf.to_yaml(shown), names.ARTIFACT_CONFIG)
+            if cfg.tracking.system_metrics:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self._system_metrics = SystemMetricsMonitor(self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                                            tracking_uri=cfg.tracking.uri)
+                self._system_metrics.start()
         except BaseException as e:
             self.end(f"failed: {type(e).__name__}: {e}"[:500])
             raise
@@ -396,13 +465,32 @@ class JobRun:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        if len(self._pending) >= self.flush_every:
+        if len(self._pending) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_interval_s:
             self.flush()
 
     def flush(self) -> None:
         for i in range(0, len(self._pending), MLFLOW_BATCH_LIMIT):
             self.client.log_batch(self.run_id, metrics=self._pending[i:i + MLFLOW_BATCH_LIMIT])
         self._pending = []
+        self._last_flush = time.monotonic()
+
+    def log_corpus(self, source: str, digest: str) -> None:
+        """The training corpus (data.source) as the run's dataset input, context `training`, its content hash
+        as digest (the first folder it reads as its source)."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        name = source if "/" not in source else Path(source).name
+        root = next(iter(source_roots(source).values()))
+        dataset = MetaDataset(LocalArtifactDatasetSource(str(root)), name=f"python code: {name}", digest=digest)
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                          [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+
+    def describe(self, text: str) -> None:
+        """The run's description in the UI (one line)."""
+        self.client.set_tag(self.run_id, names.TAG_DESCRIPTION, text)
 
     def log_artifact(self, local_path: Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
@@ -418,8 +506,10 @@ class JobRun:
         self.end(names.STATUS_FINISHED if exc is None else f"failed: {exc_type.__name__}: {exc}"[:500])
 
     def end(self, status: str) -> None:
-        """Flush, tag the outcome (`finished` or `failed: <reason>`), and close the run."""
+        """Flush, stop the system metrics, tag the outcome (`finished` or `failed: <reason>`), close the run."""
         self.flush()
+        if self._system_metrics is not None:
+            self._system_metrics.finish()
         self.client.set_tag(self.run_id, names.TAG_STATUS, status)
         ok = status == names.STATUS_FINISHED
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))

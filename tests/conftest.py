@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from omegaconf import DictConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SMALL_CORPUS = Path(sysconfig.get_paths()["stdlib"]) / "email"  # ~40 real Python files
@@ -21,6 +22,14 @@ TINY = [
     "tasks.n_train=4", "tasks.n_heldout=4", "prune.steps=10", "prune.mean_windows=8",
     f"data.source={SMALL_CORPUS}", "data.val_frac=0.2", "data.tokenizer=bytes",  # the BPE has its own tests
 ]
+
+
+def tracking_config(uri: str, **changes) -> DictConfig:
+    """{tracking: conf/tracking/sqlite.yaml on the store `uri`}: what a JobRun opened outside a sweep needs."""
+    tracking = OmegaConf.load(PROJECT_ROOT / "conf" / "tracking" / "sqlite.yaml")
+    tracking.uri = uri
+    tracking.update(changes)
+    return OmegaConf.create({"tracking": OmegaConf.to_container(tracking)})
 
 
 class Sweep:

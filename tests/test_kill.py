@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, tracking_config
 from sweep import lifecycle, names, tracking
 from test_resume import launch_until_two_train, training_runs, wait_for
 
@@ -23,7 +23,7 @@ def test_a_live_worker_of_a_killed_sweep_is_stopped_and_its_run_closed(sweep):
     """The next sweep (close_orphaned_runs), or a job claiming the point (holder_of), finds a run RUNNING in a
     live worker whose launching process is gone: it stops that worker, which closes its run FAILED, and the
     run no longer holds the point."""
-    cfg = OmegaConf.create({"tracking": {"uri": sweep.uri, "experiment": "frontier", "flush_every": 10}})
+    cfg = tracking_config(sweep.uri, flush_every=10)
     launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     launcher_tag = lifecycle.process_tag(launcher.pid)
     worker_code = textwrap.dedent(f"""

@@ -12,7 +12,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, tracking_config
 from sweep import names, tracking
 
 # six points: three short ones run first (train.steps is an early key of the tiny config, so it varies
@@ -120,7 +120,7 @@ def test_extra_grids_add_points(sweep):
 
 def test_a_run_whose_process_was_killed_is_closed_by_the_next_sweep(sweep):
     """SIGKILL cannot be caught: the next sweep finds the run RUNNING with its process gone and fails it."""
-    cfg = OmegaConf.create({"tracking": {"uri": sweep.uri, "experiment": "frontier", "flush_every": 10}})
+    cfg = tracking_config(sweep.uri, flush_every=10)
     opener = textwrap.dedent(f"""
         import time
         from omegaconf import OmegaConf

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import signal
 import sys
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
@@ -18,6 +20,7 @@ from sweep import lifecycle, names, tracking
 from sweep.orchestration import launchers, search
 from sweep.science.data import load_corpus
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started
+from sweep.points import AXIS_KEYS, d_model, is_where_key
 from sweep.orchestration.sweepers import (INVALID, RUN, SKIP, PlannedPoint, expand_grid, grids_of, mark_repeats, plan_points,
                             write_plan)
 
@@ -38,28 +41,70 @@ def parent_run_name(config: DictConfig) -> str:
     return f"{grid} {sweep_dir.parent.name} {sweep_dir.name.replace('-', ':')}"
 
 
-def format_summary(results: list[dict], expected: int) -> tuple[str, bool]:
-    """A table of every point's outcome, and whether any job failed unexpectedly."""
-    width = max([len(r["point"]) for r in results] + [5])
+SUMMARY_COLUMNS = ("point", "status", "val_loss", "edges_geomean", "run_id", "reason")
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    """One row per point, sorted: its status (finished, failed, skipped, invalid), val loss, circuit size
+    (None where there is none: the table is JSON), run and reason: the parent run's table (`summary.json`)
+    and the text summary's lines."""
+    number = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else None  # noqa: E731
+    rows = []
+    for r in sorted(results, key=lambda r: r["point"]):
+        kind, _, reason = r["status"].partition(": ")
+        rows.append({"point": r["point"], "status": kind, "val_loss": number(r.get("val_loss")),
+                     "edges_geomean": number(r.get("edges_geomean")), "run_id": r.get("run_id"), "reason": reason})
+    return rows
+
+
+def grid_params(config: DictConfig, points: list[tuple[object, DictConfig]], plan: list[PlannedPoint]) -> dict:
+    """The parent run's params: the grid's name and size, each grid as its overrides, the values of each axis
+    over the valid points, and the command line's overrides (where keys, which may hold a password, left out)."""
+    params: dict[str, object] = {"sweep.grid": config.hydra.runtime.choices.get("experiment") or "sweep",
+                                 "sweep.points": len(plan)}
+    for i, grid in enumerate(grids_of(config)):
+        params[f"sweep.grid.{i}"] = " ".join(f"{k}={v}" for k, v in grid.items())
+    valid = [cfg for (_, cfg), entry in zip(points, plan) if entry.action != INVALID]
+    for key in (*AXIS_KEYS, "model.d_model"):
+        values = {d_model(cfg.model) if key == "model.d_model" else OmegaConf.select(cfg, key) for cfg in valid}
+        params[f"sweep.{key}"] = ", ".join(f"{v:g}" for v in sorted(values))
+    task_overrides = [o for o in config.hydra.overrides.task if not is_where_key(o.split("=", 1)[0])]
+    params["sweep.overrides"] = " ".join(task_overrides) or "(none)"
+    return params
+
+
+def sweep_description(grid: str, counts: dict[str, int], experiment: str, finished: bool) -> str:
+    """The parent run's description: what the sweep holds and where its tables and figures are."""
+    told = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    state = "ended" if finished else "running"
+    return (f"Sweep `{grid}` ({state}): {sum(counts.values())} points: {told}. Every point, run or not, is a row "
+            f"of the table `{names.ARTIFACT_SUMMARY_TABLE}` (artifacts); the plan is `{names.ARTIFACT_PLAN}`, "
+            f"the sweep's config `{names.ARTIFACT_MULTIRUN_CONFIG}`. The frontier figure: `make frontier "
+            f"EXPERIMENT={experiment}` logs `frontier/frontier.png` and the hypervolume per width here.")
+
+
+def format_summary(results: list[dict], expected: int) -> tuple[str, bool, dict[str, int]]:
+    """A table of every point's outcome, whether any job failed unexpectedly, and the count per status."""
+    rows = summary_rows(results)
+    width = max([len(r["point"]) for r in rows] + [5])
     lines = [f"{'point':<{width}}  {'status':<8}  {'val_loss':>8}  run / reason"]
     counts: dict[str, int] = {}
-    for r in sorted(results, key=lambda r: r["point"]):
-        kind = r["status"].split(":")[0]
-        counts[kind] = counts.get(kind, 0) + 1
-        loss = f"{r['val_loss']:.4f}" if r.get("val_loss") is not None else "-"
-        detail = r.get("run_id") or r["status"].partition(": ")[2]
-        lines.append(f"{r['point']:<{width}}  {kind:<8}  {loss:>8}  {detail}")
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        loss = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
+        lines.append(f"{r['point']:<{width}}  {r['status']:<8}  {loss:>8}  {r['run_id'] or r['reason']}")
     missing = expected - len(results)
     if missing:
         counts["missing"] = missing
     lines.append("total: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    return "\n".join(lines), counts.get("failed", 0) + missing > 0
+    return "\n".join(lines), counts.get("failed", 0) + missing > 0, counts
 
 
 def _outcome(entry: PlannedPoint) -> dict:
     """A point that was not launched, as the summary lists it."""
     status = f"invalid: {entry.reason}" if entry.action == INVALID else f"{names.STATUS_SKIPPED}: duplicate of {entry.duplicate_of}"
-    return {"point": entry.point, "status": status, "run_id": None, "val_loss": None}
+    return {"point": entry.point, "status": status, "run_id": None, "val_loss": None,
+            "edges_geomean": None}
 
 
 def check_server(config: DictConfig) -> None:
@@ -133,7 +178,14 @@ class SweepCallback(Callback):
             skipped = sum(entry.action == SKIP for entry in self.plan)
             if skipped:
                 print(f"skipping {skipped} of {len(self.plan)} points: each repeats a finished run or an earlier point of this grid")
-        self.parent_run_id = tracking.start_parent_run(config.tracking, run_name=parent_run_name(config))
+        self.grid = config.hydra.runtime.choices.get("experiment") or "sweep"
+        planned = {action: sum(entry.action == action for entry in self.plan) for action in (RUN, SKIP, INVALID)}
+        self.parent_run_id = tracking.start_parent_run(
+            config.tracking, run_name=parent_run_name(config), params=grid_params(config, points, self.plan),
+            description=sweep_description(self.grid, {k: n for k, n in planned.items() if n}, config.tracking.experiment, False))
+        tracking.log_texts(config.tracking.uri, self.parent_run_id, {
+            names.ARTIFACT_PLAN: json.dumps([asdict(entry) for entry in self.plan], indent=1),
+            names.ARTIFACT_MULTIRUN_CONFIG: OmegaConf.to_yaml(tracking.redacted(config, resolve=False))})
         os.environ[names.ENV_PARENT_RUN_ID] = self.parent_run_id
         lifecycle.mark_launching_process()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -152,8 +204,9 @@ class SweepCallback(Callback):
         # the job's handler): its process is gone now, so its run is closed here, not by the next sweep
         for run_id in tracking.close_orphaned_runs(self.config.tracking):
             print(f"marked run {run_id} FAILED: its process ended without closing it", file=sys.stderr)
-        summary, _ = self._summary()
-        tracking.end_parent_run(self.config.tracking, self.parent_run_id, True, f"killed by signal {signum}\n{summary}")
+        summary, _, counts = self._summary()
+        tracking.end_parent_run(self.config.tracking, self.parent_run_id, True, f"killed by signal {signum}\n{summary}",
+                                self._summary_table(), self._description(counts))
         print(f"{summary}\nsweep killed; run the same command again to run only the missing points", flush=True)
         if lifecycle.is_job_running():  # a job in this process: it stops at its next step and closes its run
             lifecycle.request_stop(signum)
@@ -165,9 +218,17 @@ class SweepCallback(Callback):
         results = (json.loads(p.read_text()) for p in Path(self.config.hydra.sweep.dir).glob(f"*/{names.RESULT_FILE}"))
         return [r for r in results if r.get("parent_run_id") == self.parent_run_id]
 
-    def _summary(self) -> tuple[str, bool]:
-        not_launched = [_outcome(entry) for entry in self.plan if entry.action != RUN]
-        return format_summary(self._launched_results() + not_launched, len(self.plan))
+    def _results(self) -> list[dict]:
+        return self._launched_results() + [_outcome(entry) for entry in self.plan if entry.action != RUN]
+
+    def _summary(self) -> tuple[str, bool, dict[str, int]]:
+        return format_summary(self._results(), len(self.plan))
+
+    def _summary_table(self) -> list[dict]:
+        return summary_rows(self._results())
+
+    def _description(self, counts: dict[str, int]) -> str:
+        return sweep_description(self.grid, counts, self.config.tracking.experiment, True)
 
     def _record_skipped(self) -> None:
         """One child run per skipped point, tagged `skipped: duplicate of <run_id>`."""
@@ -181,8 +242,9 @@ class SweepCallback(Callback):
     @_stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self._record_skipped()
-        summary, failed = self._summary()
-        tracking.end_parent_run(config.tracking, self.parent_run_id, failed, summary)
+        summary, failed, counts = self._summary()
+        tracking.end_parent_run(config.tracking, self.parent_run_id, failed, summary, self._summary_table(),
+                                self._description(counts))
         _, experiment_id = tracking.ensure_experiment(config.tracking)
         uri = tracking.redact_uri(config.tracking.uri)
         where = uri.rstrip("/") if tracking.is_server(uri) else "make ui, then http://127.0.0.1:5000"

@@ -21,7 +21,7 @@ from sweep.science.checkpoint import save as save_checkpoint
 from sweep.science.collapse import collapse_metrics
 from sweep.science.data import eval_windows, load_corpus
 from sweep.errors import ConfigError
-from sweep.points import point_label
+from sweep.points import d_model, point_label
 from sweep.circuits.prune_stage import check_tasks, run_pruning
 from sweep.science.sparsity import WeightSparsifier
 from sweep.science.tokenizer import BYTES
@@ -102,6 +102,33 @@ def train_epochs(cfg: DictConfig, train_tokens: int) -> float:
     return epochs
 
 
+def describe_start(label: str, cfg: DictConfig) -> str:
+    """A job run's description while it trains."""
+    return (f"{label}: d_model {d_model(cfg.model)}, density {cfg.sparsity.density:g}, seed {cfg.seed}; training "
+            f"{cfg.train.steps} steps")
+
+
+def describe_outcome(label: str, val_loss: float | None, circuits: dict[str, float]) -> str:
+    """A job run's one-line description: its point, its capability, and what it solved, with edges."""
+    parts = [label + (f": val loss {val_loss:.3f}" if val_loss is not None else "")]
+    per_task: dict[str, dict[str, float]] = {}
+    for key, value in circuits.items():
+        if parsed := names.parse_circuit_metric(key):
+            per_task.setdefault(parsed[0], {})[parsed[1]] = value
+    control = per_task.pop(names.CONTROL, None)
+    if per_task:
+        solved = {task: m["edges"] for task, m in per_task.items() if m.get("solved")}
+        unsolved = [task for task in per_task if task not in solved]
+        parts.append(f"solved {len(solved)}/{len(per_task)} tasks" + (": " if solved else "")
+                     + ", ".join(f"{task} {edges:,.0f} edges" for task, edges in solved.items()))
+        if unsolved:
+            parts.append("not solved: " + ", ".join(unsolved))
+    if control is not None:
+        parts.append(f"control solved with {control['edges']:,.0f} edges (a circuit that fits noise)"
+                     if control.get("solved") else "control not solved (as it should)")
+    return "; ".join(parts)
+
+
 def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slot: int = 0) -> JobOutcome:
     """Train one weight-sparse model and log it; raises ConfigError before any run exists. `slot`: the
     job's place among those running at once (its progress bar's row, its GPU)."""
@@ -117,16 +144,19 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slo
     if cfg.prune.enabled and corpus.tokenizer is not BYTES:
         check_tasks(cfg, corpus.tokenizer)  # answers must be single tokens of this BPE: still before the run
     label = point_label(cfg, overrides)
+    point = point_label(cfg, overrides, with_seed=False)
 
     exit_on_sigterm()
     if cfg.train.compile:  # the jobs of a grid (and later sweeps) share compiled kernels
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.data.cache_dir).resolve() / "torchinductor"))
     tags = {names.TAG_CORPUS_HASH: corpus.corpus_hash, names.TAG_TOKENIZER_HASH: corpus.tokenizer.hash,
-            names.TAG_DEVICE: describe_device(device)}
+            names.TAG_DEVICE: describe_device(device), names.TAG_POINT: point,
+            names.TAG_DESCRIPTION: describe_start(label, cfg)}
     epochs = train_epochs(cfg, len(corpus.train))
     # in a sweep the point is claimed: PointHeld if another run holds it (before anything is trained)
     with lifecycle.job_running(), JobRun(cfg, label, parent_run_id, tags, claim=parent_run_id is not None) as run:
         run.log_metrics({names.DATA_TRAIN_EPOCHS: epochs})
+        run.log_corpus(cfg.data.source, corpus.corpus_hash)
         model = build_model(cfg).to(device)
         sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(),
                                       cfg.sparsity.density, cfg.model.width_mult, cfg.sparsity)
@@ -162,4 +192,5 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slo
         if cfg.prune.enabled:
             circuits = run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts,
                                    corpus.tokenizer)
+        run.describe(describe_outcome(label, result.val_loss, circuits))
     return JobOutcome(names.STATUS_FINISHED, run.run_id, result.val_loss, circuits.get(names.EDGES_GEOMEAN))

@@ -23,7 +23,7 @@ from sweep import names, tracking
 from sweep.science import checkpoint
 from sweep.science.data import load_corpus
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
-from sweep.orchestration.job import exit_on_sigterm, resolve_device
+from sweep.orchestration.job import describe_outcome, exit_on_sigterm, resolve_device
 from sweep.paths import CONF_DIR, DEFAULT_TRACKING_URI
 from sweep.points import config_hash, point_label
 from sweep.circuits.prune_stage import run_pruning
@@ -42,14 +42,14 @@ def check_overrides(overrides: list[str]) -> None:
 
 @functools.cache
 def current_defaults() -> DictConfig:
-    """The prune and tasks settings a job would get today (conf/ as composed by `python -m sweep`)."""
+    """The prune, tasks and tracking settings a job would get today (conf/ as composed by `python -m sweep`)."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         composed = compose("config")
-    return OmegaConf.create({"prune": composed.prune, "tasks": composed.tasks})
+    return OmegaConf.create({"prune": composed.prune, "tasks": composed.tasks, "tracking": composed.tracking})
 
 
 def repruned_config(cfg, overrides: list[str], tracking_uri: str):
-    """The training run's config, with any prune or tasks setting added since it ran taken from
+    """The training run's config, with any prune, tasks or tracking setting added since it ran taken from
     today's defaults, then the new settings; validated."""
     cfg = OmegaConf.merge(current_defaults(), cfg, OmegaConf.from_dotlist([f"tracking.uri={tracking_uri}", *overrides]))
     cfg.prune.enabled = True
@@ -71,11 +71,16 @@ def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_TRACK
         model.to(resolve_device(cfg.train.device))
 
     exit_on_sigterm()
-    tags = {names.TAG_STAGE: names.STAGE_PRUNE, names.TAG_TRAIN_RUN: run_id, names.TAG_CORPUS_HASH: corpus.corpus_hash}
     label = f"{point_label(cfg)} prune {' '.join(overrides)}".strip()
-    with JobRun(cfg, label, parent_run_id or train_run.data.tags.get(names.TAG_PARENT), tags) as run:
+    tags = {names.TAG_STAGE: names.STAGE_PRUNE, names.TAG_TRAIN_RUN: run_id, names.TAG_CORPUS_HASH: corpus.corpus_hash,
+            names.TAG_POINT: point_label(cfg, with_seed=False),
+            names.TAG_DESCRIPTION: f"{label}: pruning the checkpoint of run {run_id} again"}
+    with JobRun(cfg, label, parent_run_id or train_run.data.tags.get(names.TAG_PARENT), tags,
+                entry_point=names.SOURCE_REPRUNE) as run:
         run.log_metrics({k: v for k, v in train_run.data.metrics.items() if k.startswith(CARRIED_PREFIXES)})
-        run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts, corpus.tokenizer)
+        circuits = run_pruning(model, torch.from_numpy(corpus.val), cfg, run.log_metrics, run.log_artifacts,
+                               corpus.tokenizer)
+        run.describe(describe_outcome(label, train_run.data.metrics.get(names.CAPABILITY_VAL_LOSS), circuits))
     return run.run_id
 
 
@@ -101,7 +106,9 @@ def reprune_experiment(experiment: str, overrides: list[str],
           f"({len(trained) - len(todo)} already have a finished run with these settings)")
     if not todo:
         return [], []
-    parent = start_parent_run(tracking_cfg, run_name=f"reprune {' '.join(overrides)} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    parent = start_parent_run(tracking_cfg, run_name=f"reprune {' '.join(overrides)} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                              entry_point=names.SOURCE_REPRUNE,
+                              description=f"Re-prune of {len(todo)} training runs of {experiment}: {' '.join(overrides)}")
     new_runs, bad, failed = [], [], False
     try:
         for run in tqdm(todo, desc="re-prune", unit="run"):

@@ -136,4 +136,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.prune.enabled:
         check_prune_config(cfg)
     _integer(cfg, "tracking.flush_every", 1)
+    _number(cfg, "tracking.flush_interval_s", 0.0, low_open=True)
+    _boolean(cfg, "tracking.system_metrics")
     tracking.check_tracking(cfg.tracking)

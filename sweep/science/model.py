@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sweep import points
+
 POS_EMB = ("learned", "none")
 
 # A node hook sees (layer, location, activation) and returns the activation to use instead.
@@ -36,7 +38,7 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, model_cfg, vocab_size: int) -> "ModelShape":
-        d_model = model_cfg.base_width * model_cfg.width_mult
+        d_model = points.d_model(model_cfg)
         return cls(
             vocab_size=vocab_size,
             d_model=d_model,
