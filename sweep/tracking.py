@@ -224,7 +224,7 @@ def source_tags(entry_point: str) -> dict[str, str]:
     """MLflow's own source tags: the entry point (`python -m sweep`) and the commit, which the UI shows."""
     tags = {names.TAG_SOURCE_NAME: entry_point, names.TAG_SOURCE_TYPE: "LOCAL"}
     if commit := git_commit():
-        tags[names.TAG_GIT_COMMIT] = commit
+        tags[names.TAG_GIT_COMMIT] = tags[names.TAG_SOURCE_GIT_COMMIT] = commit
     return tags
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import tracking_config
 from sweep import names
 from sweep.orchestration.job import describe_outcome
-from sweep.tracking import JobRun
+from sweep.tracking import JobRun, git_commit
 
 
 def by_kind(runs, kind):
@@ -35,7 +35,8 @@ def test_a_sweep_describes_itself_in_the_store(sweep, tmp_path):
         assert params["model.d_model"] == "16" and params["data.corpus"] == tags[names.TAG_CORPUS_HASH]
         paths = {k: v for k, v in params.items() if v.startswith(("/", "sqlite:///", "file:"))}
         assert not paths, paths  # no machine path in params; config.yaml keeps them
-        assert tags[names.TAG_SOURCE_NAME] == names.SOURCE_SWEEP and names.TAG_GIT_COMMIT in tags
+        assert tags[names.TAG_SOURCE_NAME] == names.SOURCE_SWEEP
+        assert tags[names.TAG_SOURCE_GIT_COMMIT] == tags[names.TAG_GIT_COMMIT] == git_commit()
         (dataset,) = job.inputs.dataset_inputs
         assert dataset.dataset.digest == tags[names.TAG_CORPUS_HASH]
         assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "training")]
