@@ -8,6 +8,7 @@ from pathlib import Path
 
 from conftest import tracking_config
 from sweep import names
+from sweep.orchestration.callbacks import MLFLOW_TAG_LIMIT, sweep_description, summary_rows
 from sweep.orchestration.job import describe_outcome
 from sweep.tracking import JobRun, git_commit
 
@@ -48,7 +49,10 @@ def test_a_sweep_describes_itself_in_the_store(sweep, tmp_path):
     assert parent.data.params["sweep.sparsity.density"] == "0.5, 1"  # the valid points' values
     assert parent.data.params["sweep.model.d_model"] == "16" and parent.data.params["sweep.points"] == "3"
     assert not any("sqlite:///" in v for v in parent.data.params.values())
-    assert "3 points: 2 finished, 1 invalid" in parent.data.tags[names.TAG_DESCRIPTION]
+    described = parent.data.tags[names.TAG_DESCRIPTION]
+    assert "3 points: 2 finished, 1 invalid" in described
+    for job in jobs:  # every point a row of a markdown table, its run a link the UI follows
+        assert f"[{job.info.run_id[:8]}](#/experiments/{experiment.experiment_id}/runs/{job.info.run_id})" in described
     artifacts = {a.path for a in sweep.client.list_artifacts(parent.info.run_id)}
     assert {names.ARTIFACT_PLAN, names.ARTIFACT_MULTIRUN_CONFIG, names.ARTIFACT_SUMMARY,
             names.ARTIFACT_SUMMARY_TABLE} <= artifacts
@@ -109,3 +113,13 @@ def test_a_job_description_says_what_it_solved_with_edges():
         "w2-d0.06-s1: val loss 1.235; solved 1/2 tasks: a 1,234 edges; not solved: b; control not solved (as it should)")
     circuits[metric(names.CONTROL, "solved")], circuits[metric(names.CONTROL, "edges")] = 1.0, 40.0
     assert describe_outcome("w1-d1-s0", None, circuits).endswith("control solved with 40 edges (a circuit that fits noise)")
+
+
+def test_a_large_grid_s_description_fits_a_tag_and_points_to_the_table():
+    results = [{"point": f"model.width_mult=1 sparsity.density={d / 1000} seed=0", "status": "finished",
+                "val_loss": 2.0, "edges_geomean": math.nan, "run_id": f"{d:08x}{'a' * 24}"} for d in range(1, 301)]
+    rows = summary_rows(results)
+    assert rows[0]["edges_geomean"] is None  # NaN is not JSON: the UI's table would not parse
+    text = sweep_description("paper", {"finished": 300}, "frontier", rows, "7")
+    assert len(text) <= MLFLOW_TAG_LIMIT - 500 and text.endswith("more points: see `summary.json`.")
+    assert f"[00000001](#/experiments/7/runs/00000001{'a' * 24})" in text

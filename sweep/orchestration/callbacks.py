@@ -41,7 +41,8 @@ def parent_run_name(config: DictConfig) -> str:
     return f"{grid} {sweep_dir.parent.name} {sweep_dir.name.replace('-', ':')}"
 
 
-SUMMARY_COLUMNS = ("point", "status", "val_loss", "edges_geomean", "run_id", "reason")
+MLFLOW_TAG_LIMIT = 8000  # characters of a tag's value (MLflow's MAX_TAG_VAL_LENGTH)
+DESCRIPTION_RESERVE = 600  # of them left for the frontier paragraph `make frontier` appends
 
 
 def summary_rows(results: list[dict]) -> list[dict]:
@@ -73,14 +74,29 @@ def grid_params(config: DictConfig, points: list[tuple[object, DictConfig]], pla
     return params
 
 
-def sweep_description(grid: str, counts: dict[str, int], experiment: str, finished: bool) -> str:
-    """The parent run's description: what the sweep holds and where its tables and figures are."""
+def sweep_description(grid: str, counts: dict[str, int], experiment: str, rows: list[dict] | None = None,
+                      experiment_id: str | None = None) -> str:
+    """The parent run's description (markdown): what the sweep holds, where its tables and figures are, and
+    once it ended (`rows`) every point with a link to its run."""
     told = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    state = "ended" if finished else "running"
-    return (f"Sweep `{grid}` ({state}): {sum(counts.values())} points: {told}. Every point, run or not, is a row "
-            f"of the table `{names.ARTIFACT_SUMMARY_TABLE}` (artifacts); the plan is `{names.ARTIFACT_PLAN}`, "
-            f"the sweep's config `{names.ARTIFACT_MULTIRUN_CONFIG}`. The frontier figure: `make frontier "
-            f"EXPERIMENT={experiment}` logs `frontier/frontier.png` and the hypervolume per width here.")
+    text = (f"Sweep `{grid}` ({'running' if rows is None else 'ended'}): {sum(counts.values())} points: {told}. "
+            f"Every point, run or not, is a row of the table `{names.ARTIFACT_SUMMARY_TABLE}` (artifacts); the plan "
+            f"is `{names.ARTIFACT_PLAN}`, the sweep's config `{names.ARTIFACT_MULTIRUN_CONFIG}`. The frontier figure: "
+            f"`make frontier EXPERIMENT={experiment}` logs `frontier/frontier.png` and the hypervolume per width here.")
+    if not rows:
+        return text
+    cell = lambda value: str(value).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| point | status | val loss | edges | run or reason |", "|---|---|---|---|---|"]
+    for r in rows:
+        run = f"[{r['run_id'][:8]}](#/experiments/{experiment_id}/runs/{r['run_id']})" if r["run_id"] else cell(r["reason"])
+        loss = "" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
+        edges = "" if r["edges_geomean"] is None else f"{r['edges_geomean']:,.0f}"
+        lines.append(f"| {cell(r['point'])} | {r['status']} | {loss} | {edges} | {run} |")
+    shown = len(lines)
+    while len(text) + sum(len(line) + 1 for line in lines[:shown]) > MLFLOW_TAG_LIMIT - DESCRIPTION_RESERVE:
+        shown -= 1  # a tag holds 8,000 characters: a large grid's rest is in summary.json
+    more = f"\n\n{len(lines) - shown} more points: see `{names.ARTIFACT_SUMMARY_TABLE}`." if shown < len(lines) else ""
+    return text + "\n\n" + "\n".join(lines[:shown]) + more
 
 
 def format_summary(results: list[dict], expected: int) -> tuple[str, bool, dict[str, int]]:
@@ -182,7 +198,7 @@ class SweepCallback(Callback):
         planned = {action: sum(entry.action == action for entry in self.plan) for action in (RUN, SKIP, INVALID)}
         self.parent_run_id = tracking.start_parent_run(
             config.tracking, run_name=parent_run_name(config), params=grid_params(config, points, self.plan),
-            description=sweep_description(self.grid, {k: n for k, n in planned.items() if n}, config.tracking.experiment, False))
+            description=sweep_description(self.grid, {k: n for k, n in planned.items() if n}, config.tracking.experiment))
         tracking.log_texts(config.tracking.uri, self.parent_run_id, {
             names.ARTIFACT_PLAN: json.dumps([asdict(entry) for entry in self.plan], indent=1),
             names.ARTIFACT_MULTIRUN_CONFIG: OmegaConf.to_yaml(tracking.redacted(config, resolve=False))})
@@ -228,7 +244,8 @@ class SweepCallback(Callback):
         return summary_rows(self._results())
 
     def _description(self, counts: dict[str, int]) -> str:
-        return sweep_description(self.grid, counts, self.config.tracking.experiment, True)
+        _, experiment_id = tracking.ensure_experiment(self.config.tracking)
+        return sweep_description(self.grid, counts, self.config.tracking.experiment, self._summary_table(), experiment_id)
 
     def _record_skipped(self) -> None:
         """One child run per skipped point, tagged `skipped: duplicate of <run_id>`."""
