@@ -24,18 +24,18 @@ def job_config(overrides: list[str]) -> DictConfig:
 
 
 class LoggingTimer:
-    """Wraps JobRun's methods (every MLflow call a job makes goes through them) with a timer;
-    nested calls (end -> flush) count once. Also keeps the stage times the job logs."""
-
-    METHODS = ("__init__", "log_metrics", "flush", "log_artifact", "log_artifacts", "end")
+    """Wraps JobRun's methods (every MLflow call a job makes goes through them: __init__ and each public
+    method) with a timer; nested calls (end -> flush) count once. Also keeps the stage times the job logs.
+    The system metrics' sampling thread is not among them: 9 ms per 10 s sample (README)."""
 
     def __init__(self):
         self.seconds, self.calls, self.depth, self.logged = 0.0, 0, 0, {}
         self.by_method: dict[str, float] = {}
 
     def install(self, cls) -> None:
-        for name in self.METHODS:
-            setattr(cls, name, self._timed(getattr(cls, name)))
+        for name, method in list(vars(cls).items()):
+            if callable(method) and (name == "__init__" or not name.startswith("_")):
+                setattr(cls, name, self._timed(method))
 
     def _timed(self, method):
         @functools.wraps(method)
