@@ -8,7 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from sweep.circuits import tasks
-from sweep.circuits.circuit import circuit_edges, draw
+from sweep.circuits.circuit import circuit_edges, circuit_record
+from sweep.circuits.drawing import draw
 from sweep.circuits.discovery import find_circuits
 from sweep.circuits.discretise import smallest_circuits
 from sweep.science.model import GPT, ModelShape
@@ -177,8 +178,11 @@ def test_edges_of_the_planted_circuit_count_by_hand(tmp_path):
         model.blocks[0].fc_in.weight[1, 0] = 0.0
     assert len(circuit_edges(model, PLANTED, inputs, {ord("x"), ord("y")})) == 3 + len(inputs) + 2
 
-    draw(tmp_path / "planted.png", "planted", PLANTED, edges, n_layer=1)
-    assert (tmp_path / "planted.png").stat().st_size > 1000
+    values = {"loss": 0.1, "full_loss": 0.1, "empty_loss": 0.7, "cue_distance": 0.0, "nodes": len(PLANTED),
+              "edges": len(edges), "solved": 1.0, "necessity_loss": 0.7, "beats_model": 0.0, "nodes_before_pass": 4,
+              "nodes_restart_median": 4}
+    draw(tmp_path / "planted.png", circuit_record("planted", values, None, 0.3, "zero", "mask", PLANTED, edges))
+    assert (tmp_path / "planted.png").stat().st_size > 1000 and (tmp_path / "planted.svg").stat().st_size > 1000
 
 
 def test_cue_distance_aligns_the_prompts_at_their_ends():

@@ -1,15 +1,15 @@
-"""Circuit size and artifacts: the edges among kept nodes, a JSON record, a layered drawing."""
+"""Circuit size and its record: the edges among kept nodes, the JSON a person reads (drawing.py draws it)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from sweep.science.model import GPT
-from sweep.names import NODE_LOCATIONS, node_name
+from sweep.names import node_name
 from sweep.circuits.prune import node_sites
 
 # (source location, destination location, weight matrix of the block): the edges inside a block.
@@ -55,68 +55,30 @@ def circuit_edges(model: GPT, nodes: list[str], input_tokens: set[int], output_t
     return edges
 
 
+def circuit_record(task: str, values: dict, reason: str | None, target_loss: float, ablation: str, method: str,
+                   nodes: list[str], edges: list[Edge]) -> dict:
+    """The JSON record of one task's circuit: the summary first (solved or why not, losses, sizes,
+    settings), the node and edge lists last; NaN (no circuit) as null."""
+    def number(key):
+        value = values[key]
+        return None if value is None or math.isnan(value) else value
+
+    n_nodes, n_edges = number("nodes"), number("edges")
+    return {"task": task, "solved": values["solved"] == 1, "reason": reason,
+            "loss": number("loss"), "full_loss": number("full_loss"), "target_loss": target_loss,
+            "necessity_loss": number("necessity_loss"), "empty_loss": number("empty_loss"),
+            "n_nodes": None if n_nodes is None else int(n_nodes), "n_edges": None if n_edges is None else int(n_edges),
+            "cue_distance": number("cue_distance"), "ablation": ablation, "method": method,
+            "beats_model": values["beats_model"] == 1, "nodes_before_pass": number("nodes_before_pass"),
+            "nodes_restart_median": number("nodes_restart_median"),
+            "nodes": list(nodes), "edges": [list(e) for e in edges]}
+
+
 def write_json(path: Path, record: dict) -> None:
-    path.write_text(json.dumps(record, indent=1))
+    """One summary value per line, then one node or edge per line: the lists can be 10^5 long."""
+    def item(key, value):
+        if not isinstance(value, list) or not value:
+            return f" {json.dumps(key)}: {json.dumps(value)}"
+        return f" {json.dumps(key)}: [\n  " + ",\n  ".join(json.dumps(v) for v in value) + "\n ]"
 
-
-def _column(name: str, n_layer: int) -> float:
-    """x position of a node: embeddings left, then each layer's locations in forward order, unembedding right."""
-    last = n_layer * len(NODE_LOCATIONS)
-    fixed = {"embed": -2, "resid.in": -1, "resid.out": last, "unembed": last + 1}
-    if name.split("[")[0] in fixed:
-        return fixed[name.split("[")[0]]
-    _, layer, location = name.split("[")[0].split(".", 2)
-    return int(layer) * len(NODE_LOCATIONS) + NODE_LOCATIONS.index(location)
-
-
-def _label(name: str, token_text: Callable[[int], str]) -> str:
-    """Short label: the channel within its column, or the token itself for (un)embedding nodes."""
-    kind, _, index = name.rstrip("]").partition("[")
-    if kind in ("embed", "unembed"):
-        return repr(token_text(int(index)))
-    return f"{kind.split('.')[-1]}[{index}]"
-
-
-MAX_DRAWN_EDGES = 1500  # a dense model's circuit can have 10^5 edges: draw the strongest, say so
-
-
-def draw(path: Path, title: str, nodes: list[str], edges: list[Edge], n_layer: int,
-         token_text: Callable[[int], str] = chr) -> None:
-    """A layered drawing: node locations in columns by layer, edges blue (+) or red (-); (un)embedding
-    nodes labelled by `token_text` (bytes by default)."""
-    total = len(edges)
-    edges = sorted(edges, key=lambda e: -abs(e[2]))[:MAX_DRAWN_EDGES]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = sorted(set(nodes) | {e[0] for e in edges} | {e[1] for e in edges},
-                   key=lambda n: (_column(n, n_layer), int(n.rstrip("]").rpartition("[")[2])))
-    rows: dict[float, int] = {}
-    where = {}
-    for name in names:
-        x = _column(name, n_layer)
-        where[name] = (x, rows.get(x, 0))
-        rows[x] = rows.get(x, 0) + 1
-    height = max(rows.values(), default=1)
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * (n_layer * len(NODE_LOCATIONS) + 3)), max(3, 0.3 * height + 1.5)))
-    scale = max((abs(w) for *_, w in edges), default=1.0) or 1.0
-    for src, dst, w in edges:
-        (x0, y0), (x1, y1) = where[src], where[dst]
-        ax.plot([x0, x1], [y0, y1], color="#0072B2" if w > 0 else "#D55E00", alpha=0.3 + 0.7 * abs(w) / scale, lw=1)
-    for name, (x, y) in where.items():
-        ax.scatter([x], [y], s=18, color="black", zorder=3)
-        ax.annotate(_label(name, token_text), (x, y), fontsize=6,
-                    xytext=(3, 2), textcoords="offset points")
-    last = n_layer * len(NODE_LOCATIONS)
-    ticks = [(-2, "embed"), (-1, "resid\nread"), (last, "resid\nwritten"), (last + 1, "unembed")]
-    ticks += [(layer * len(NODE_LOCATIONS) + i, f"L{layer}\n{loc}") for layer in range(n_layer)
-              for i, loc in enumerate(NODE_LOCATIONS)]
-    ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=6)
-    ax.set_yticks([])
-    shown = "" if total == len(edges) else f", the {len(edges)} strongest drawn"
-    ax.set_title(f"{title}: {len(nodes)} nodes, {total} edges{shown} (blue +, red -)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path.write_text("{\n" + ",\n".join(item(k, v) for k, v in record.items()) + "\n}\n")

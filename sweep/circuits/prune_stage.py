@@ -12,7 +12,8 @@ from omegaconf import DictConfig, ListConfig
 
 from sweep import names
 from sweep.circuits import tasks
-from sweep.circuits.circuit import circuit_edges, draw, write_json
+from sweep.circuits.circuit import circuit_edges, circuit_record, write_json
+from sweep.circuits.drawing import draw
 from sweep.science.data import eval_windows
 from sweep.circuits.discovery import METHODS, find_circuits
 from sweep.circuits.discretise import Circuit
@@ -96,6 +97,20 @@ def judge(model: GPT, task_set: tasks.TaskSet, task: int, circuit: Circuit, eval
             "nodes_before_pass": circuit.nodes_before_pass, "nodes_restart_median": circuit.restart_median}, nodes, edges
 
 
+def unsolved_reason(values: dict, target_loss: float) -> str | None:
+    """Why `judge` counts a task unsolved, in words for the circuit's record and drawing; None if solved."""
+    if values["solved"] == 1:
+        return None
+    full, target = values["full_loss"], f"{target_loss:g}"
+    if values["beats_model"] == 1:
+        return (f"not solved: a circuit reaches the target (loss {values['loss']:.3f} <= {target}) but the full model "
+                f"does not (loss {full:.3f} > {target}): the behaviour was carved out, not found")
+    if full > target_loss:
+        return f"not solved: full-model loss {full:.3f} > target {target}"
+    return (f"not solved: the full model reaches the target ({full:.3f} <= {target}) "
+            f"but no circuit under the pruning budget did")
+
+
 def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metrics, log_artifacts,
                 tokenizer: Tokenizer = BYTES) -> dict:
     """Prune every task (and the control) in one optimisation; log metrics and circuit artifacts."""
@@ -121,13 +136,14 @@ def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metri
             if values["solved"] and not is_control:
                 solved_edges.append(len(edges))
                 solved_nodes.append(len(nodes))
-            metrics.update({names.circuit_metric(names.CONTROL if is_control else task_set.name, k): v
-                            for k, v in values.items()})
-            write_json(Path(tmp) / f"{task_set.name}.json",
-                       {"task": task_set.name, **values, "target_loss": p.target_loss, "ablation": p.ablation,
-                        "method": p.method, "nodes": nodes, "edges": [list(e) for e in edges]})
-            draw(Path(tmp) / f"{task_set.name}.png", task_set.name, nodes, edges, model.shape.n_layer, tokenizer.token_text)
-        metrics.update({names.EDGES_GEOMEAN: names.geomean(solved_edges), names.NODES_GEOMEAN: names.geomean(solved_nodes),
+            metrics.update({names.circuit_metric(task_set.name, k): v for k, v in values.items()})
+            record = circuit_record(task_set.name, values, unsolved_reason(values, p.target_loss), p.target_loss,
+                                    p.ablation, p.method, nodes, edges)
+            write_json(Path(tmp) / f"{task_set.name}.json", record)
+            draw(Path(tmp) / f"{task_set.name}.png", record, tokenizer.token_text)
+        edges_geomean = names.geomean(solved_edges)
+        metrics.update({names.EDGES_GEOMEAN: edges_geomean, names.LOG10_EDGES_GEOMEAN: math.log10(edges_geomean),
+                        names.NODES_GEOMEAN: names.geomean(solved_nodes),
                         names.TASKS_SOLVED_FRAC: len(solved_edges) / (len(task_list) - 1),
                         names.TIME_PRUNE: time.perf_counter() - start})
         log_metrics(metrics)

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import yaml
 
+from sweep import names
 from sweep.errors import ConfigError
 from sweep.science.tokenizer import BYTES, Tokenizer
 
@@ -25,7 +26,7 @@ MODULES = ["os", "sys", "re", "json", "math", "time", "random", "string"]
 INDENTS = ["    ", "        "]
 
 TASKS: dict[str, Generator] = {}
-CONTROL = "nonsense_control"
+CONTROL = names.CONTROL  # one name in task lists, artifacts and metric keys
 
 
 def register_task(name: str):
