@@ -27,7 +27,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: help install sweep search reprune frontier methods task-losses bench gpu-check test test-slow test-slurm test-postgres ui clean \
+.PHONY: help install sweep search reprune frontier methods task-losses bench gpu-check test test-slow test-slurm test-postgres test-ui ui clean \
 	docker-build docker-up docker-sweep docker-down
 
 help: ## list the targets
@@ -64,7 +64,7 @@ gpu-check: $(INSTALLED) ## on a machine with a CUDA GPU (< 8 min): the bench on 
 	$(BIN)/python -m bench.gpu $(ARGS)
 
 test: $(INSTALLED) ## run the tests, one worker per core, then the signal tests alone (about 10 minutes on 2 cores)
-	$(BIN)/python -m pytest -q -n $(or $(TEST_WORKERS),auto) -m "not slow and not slurm and not postgres and not serial" $(ARGS)
+	$(BIN)/python -m pytest -q -n $(or $(TEST_WORKERS),auto) -m "not slow and not slurm and not postgres and not ui and not serial" $(ARGS)
 	$(BIN)/python -m pytest -q -m serial $(ARGS)
 
 test-slow: $(INSTALLED) ## run the long checks marked slow
@@ -83,6 +83,18 @@ test-postgres: $(INSTALLED) ## run the tracking-server tests: PostgreSQL + MLflo
 		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
 		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 	$(BIN)/python -m pytest -q -m postgres $(ARGS)
+
+# Debian's chromium driven by Playwright from PyPI (tests/test_ui.py): no `playwright install`, no browser download.
+# Playwright is installed here, not in requirements.lock: only this target needs it, and every `make install`
+# (the Docker image, a cluster's nodes) would otherwise carry its 165 MB (a Node.js driver).
+PLAYWRIGHT_VERSION := 1.65.2
+test-ui: $(INSTALLED) ## open make ui on a small real sweep in headless Chromium (apt-installs chromium if missing); screenshots: test-artifacts/ui/
+	@command -v chromium >/dev/null || { \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@$(BIN)/pip show playwright 2>/dev/null | grep -qx 'Version: $(PLAYWRIGHT_VERSION)' || \
+		$(BIN)/pip install --quiet playwright==$(PLAYWRIGHT_VERSION)
+	$(BIN)/python -m pytest -q -m ui $(ARGS)
 
 ui: $(INSTALLED) ## serve the MLflow UI on 127.0.0.1 (PORT=5000), one worker
 	$(BIN)/mlflow server --backend-store-uri $(STORE) --artifacts-destination $(CURDIR)/mlartifacts \
