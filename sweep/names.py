@@ -33,6 +33,12 @@ TAG_SOURCE_TYPE = "mlflow.source.type"
 TAG_DESCRIPTION = "mlflow.note.content"  # a run's or an experiment's description in the MLflow UI
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens a custom_model_development experiment on its runs
 EXPERIMENT_KIND = "custom_model_development"
+
+
+def ui_runs_path(experiment_id: str, run_id: str = "") -> str:
+    """`#/experiments/<id>/runs[/<run>]?workflowType=machine_learning`: MLflow 3.17's UI takes its mode (GenAI
+    or model training) from the link or the browser's last choice, not from the experiment's kind tag."""
+    return f"#/experiments/{experiment_id}/runs{'/' + run_id if run_id else ''}?workflowType=machine_learning"
 SOURCE_SWEEP = "python -m sweep"  # mlflow.source.name of a sweep's runs
 SOURCE_REPRUNE = "python -m sweep.orchestration.reprune"
 TAG_POINT = "sweep.point"  # the point without its seed (`w2-d0.06`): the UI's "group by" pools seeds

@@ -52,7 +52,8 @@ def test_a_sweep_describes_itself_in_the_store(sweep, tmp_path):
     described = parent.data.tags[names.TAG_DESCRIPTION]
     assert "3 points: 2 finished, 1 invalid" in described
     for job in jobs:  # every point a row of a markdown table, its run a link the UI follows
-        assert f"[{job.info.run_id[:8]}](#/experiments/{experiment.experiment_id}/runs/{job.info.run_id})" in described
+        link = f"#/experiments/{experiment.experiment_id}/runs/{job.info.run_id}?workflowType=machine_learning"
+        assert f"[{job.info.run_id[:8]}]({link})" in described
     artifacts = {a.path for a in sweep.client.list_artifacts(parent.info.run_id)}
     assert {names.ARTIFACT_PLAN, names.ARTIFACT_MULTIRUN_CONFIG, names.ARTIFACT_SUMMARY,
             names.ARTIFACT_SUMMARY_TABLE} <= artifacts
@@ -122,4 +123,4 @@ def test_a_large_grid_s_description_fits_a_tag_and_points_to_the_table():
     assert rows[0]["edges_geomean"] is None  # NaN is not JSON: the UI's table would not parse
     text = sweep_description("paper", {"finished": 300}, "frontier", rows, "7")
     assert len(text) <= MLFLOW_TAG_LIMIT - 500 and text.endswith("more points: see `summary.json`.")
-    assert f"[00000001](#/experiments/7/runs/00000001{'a' * 24})" in text
+    assert f"[00000001](#/experiments/7/runs/00000001{'a' * 24}?workflowType=machine_learning)" in text

@@ -88,7 +88,7 @@ def sweep_description(grid: str, counts: dict[str, int], experiment: str, rows: 
     cell = lambda value: str(value).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| point | status | val loss | edges | run or reason |", "|---|---|---|---|---|"]
     for r in rows:
-        run = f"[{r['run_id'][:8]}](#/experiments/{experiment_id}/runs/{r['run_id']})" if r["run_id"] else cell(r["reason"])
+        run = f"[{r['run_id'][:8]}]({names.ui_runs_path(experiment_id, r['run_id'])})" if r["run_id"] else cell(r["reason"])
         loss = "" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
         edges = "" if r["edges_geomean"] is None else f"{r['edges_geomean']:,.0f}"
         lines.append(f"| {cell(r['point'])} | {r['status']} | {loss} | {edges} | {run} |")
@@ -266,6 +266,6 @@ class SweepCallback(Callback):
         uri = tracking.redact_uri(config.tracking.uri)
         where = uri.rstrip("/") if tracking.is_server(uri) else "make ui, then http://127.0.0.1:5000"
         print(f"\n{summary}\n\nsweep: {config.hydra.sweep.dir}\nparent run: {self.parent_run_id}\n"
-              f"open the runs: {where}/#/experiments/{experiment_id}/runs")
+              f"open the runs: {where}/{names.ui_runs_path(experiment_id)}")
         if failed:
             sys.exit(1)
