@@ -72,7 +72,7 @@ def full_name(node: str) -> str:
 def test_a_small_circuit_is_drawn_node_by_node_with_hover_titles(tmp_path):
     rec = planted_record()
     assert 0 < rec["n_edges"] <= DETAIL_MAX_EDGES
-    png, svg = draw(tmp_path / "planted.png", rec)
+    png, svg, html = draw(tmp_path / "planted.png", rec)
     root = ET.parse(svg).getroot()
     titled = tips(root)
     for node in {*rec["nodes"], *(e[0] for e in rec["edges"]), *(e[1] for e in rec["edges"])}:
@@ -86,13 +86,15 @@ def test_a_small_circuit_is_drawn_node_by_node_with_hover_titles(tmp_path):
     legend_text = " ".join(t.text for t in legend.iter(f"{SVG}text"))
     assert "blue" in legend_text and "vermillion" in legend_text and "red" not in legend_text
     assert "<script" not in svg.read_text() and 'href="http' not in svg.read_text()  # self-contained
+    page = html.read_text()  # the UI previews HTML in a frame: the same drawing, hover titles working there
+    assert page.startswith("<!DOCTYPE html>") and svg.read_text()[svg.read_text().index("<svg"):] in page
     width, height = Image.open(png).size
     assert max(width, height) <= MAX_PNG_SIDE and png.stat().st_size < MAX_PNG_BYTES
 
 
 def test_a_large_circuit_is_drawn_grouped_by_node_location(tmp_path):
     rec = synthetic_record(2000)
-    png, svg = draw(tmp_path / "big.png", rec)
+    png, svg, _ = draw(tmp_path / "big.png", rec)
     width, height = Image.open(png).size
     assert max(width, height) <= MAX_PNG_SIDE and png.stat().st_size < MAX_PNG_BYTES
     titled = tips(ET.parse(svg).getroot())
@@ -111,7 +113,7 @@ def test_an_unsolved_task_says_why_in_its_drawing_and_json(tmp_path):
     assert missed["n_nodes"] is None and missed["n_edges"] is None
     write_json(tmp_path / "control.json", missed)
     assert json.loads((tmp_path / "control.json").read_text())["reason"] == missed["reason"]
-    _, svg = draw(tmp_path / "control.png", missed)
+    _, svg, _ = draw(tmp_path / "control.png", missed)
     assert missed["reason"] in " ".join(t.text or "" for t in ET.parse(svg).getroot().iter(f"{SVG}text"))
     assert Image.open(tmp_path / "control.png").size[1] <= 120  # a note, not an empty frame
 

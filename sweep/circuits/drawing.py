@@ -28,7 +28,8 @@ TokenText = Callable[[int], str]
 
 
 def draw(path: Path, record: dict, token_text: TokenText = chr) -> list[Path]:
-    """Write `path` (PNG) and the same drawing as SVG beside it; return both paths."""
+    """Write `path` (PNG) and the same drawing as SVG and as an HTML page holding that SVG beside it (MLflow's
+    UI previews HTML in a frame, where the hover titles work; it shows an SVG as a plain image); return them."""
     if record["n_edges"] is None and record["reason"]:
         canvas = _unsolved(record)
     else:
@@ -89,9 +90,14 @@ class _Canvas:
         buffer = io.StringIO()
         with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "circuit"}):
             self.fig.savefig(buffer, format="svg", metadata={"Date": None})
-        svg.write_text(re.sub(r'<g id="(tip\d+)">', lambda m: f'{m[0]}<title>{escape(self.tips[m[1]])}</title>',
-                              buffer.getvalue()))
-        return [path, svg]
+        drawing = re.sub(r'<g id="(tip\d+)">', lambda m: f'{m[0]}<title>{escape(self.tips[m[1]])}</title>',
+                         buffer.getvalue())
+        svg.write_text(drawing)
+        html = path.with_suffix(".html")
+        inline = drawing[drawing.index("<svg"):]  # without the XML declaration and doctype
+        html.write_text(f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{escape(path.stem)}</title></head>\n'
+                        f'<body style="margin:0">\n{inline}</body></html>\n')
+        return [path, svg, html]
 
 
 def _group(name: str) -> tuple[int, int]:
