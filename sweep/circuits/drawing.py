@@ -198,7 +198,7 @@ def _nodes_drawing(record: dict, token_text: TokenText) -> _Canvas | None:
         width, top = max(width, x - GAP + MARGIN), top + 40 + tallest * ROW + 14
     if top + MARGIN > MAX_SIDE:
         return None
-    title, subtitle = _title(record, ""), _summary(record) + " · hover the SVG for names and weights"
+    title, subtitle = _title(record, ""), _summary(record) + " · in the .html and .svg, hover for names and weights"
     canvas = _Canvas(max(width, 2 * MARGIN + _text_width((title, 11), (subtitle, FONT))), top + MARGIN)
     canvas.header(title, subtitle, [(POSITIVE, "positive weight (blue)"), (NEGATIVE, "negative weight (vermillion)")])
     for band, band_top in band_tops.items():
