@@ -28,7 +28,7 @@ IDENTITY_COLUMNS = ("run_id", "run_name", "parent_run_id", "config_hash", "stage
 def variant_columns(runs: pd.DataFrame) -> list[str]:
     """Params other than width, density and seed that differ between runs: they tell points apart too."""
     params = [c for c in runs.columns if "/" not in c and c not in IDENTITY_COLUMNS
-              and c not in (WIDTH, DENSITY, SEED) and not points.is_where_key(c)]
+              and c not in (WIDTH, DENSITY, SEED, *points.DERIVED_KEYS) and not points.is_where_key(c)]
     return sorted(c for c in params if runs[c].astype(str).nunique(dropna=False) > 1)
 
 

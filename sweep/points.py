@@ -15,6 +15,7 @@ from sweep.corpus import source_hash  # reads a corpus's files once per process 
 # (the corpus and the task templates count by content, below).
 WHERE_KEYS = ("tracking", "hydra", "train.device", "train.threads", "data.cache_dir", "tasks.template_dir")
 AXIS_KEYS = ("model.width_mult", "sparsity.density", "seed")
+DERIVED_KEYS = ("model.d_model",)  # params a run logs that follow from others (`run_params`): never a variant
 CORPUS_KEY = "data.corpus"  # in the identity: the content hash of the files data.source reads
 TEMPLATES_KEY = "tasks.templates"  # in the identity: the content hash of the YAML tasks in tasks.template_dir
 

@@ -49,8 +49,8 @@ class Store:
         run_tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_PARENT: parent, names.TAG_STATUS: status,
                     names.TAG_CONFIG_HASH: config_hash or f"w{width}-d{density}-s{seed}", **(tags or {})}
         run_id = self.client.create_run(self.experiment, start_time=self._tick(), tags=run_tags).info.run_id
-        params = {"model.width_mult": width, "model.base_width": 32, "sparsity.density": density, "seed": seed,
-                  **(params or {})}
+        params = {"model.width_mult": width, "model.base_width": 32, "model.d_model": 32 * width,
+                  "sparsity.density": density, "seed": seed, **(params or {})}
         metrics = {}
         if loss is not None:
             metrics.update({names.CAPABILITY_VAL_LOSS: loss, names.CAPABILITY_BIGRAM: BIGRAM,
@@ -160,10 +160,15 @@ def test_collapse_labels_carry_the_rule_that_fired(analysed):
 
 
 def test_hypervolume_per_width_against_the_fixed_reference(analysed):
-    table = pd.read_csv(analysed[0] / "hypervolume.csv").set_index("scope")
+    out, store, _, p2 = analysed
+    table = pd.read_csv(out / "hypervolume.csv").set_index("scope")
     assert table.loc["x4", "hypervolume"] == pytest.approx((3.5 - 1.5) * (6 - math.log10(50000)))
     assert set(table.index) == {"overall", "x1", "x2", "x4"}
     assert table.loc["overall", "hypervolume"] >= table["hypervolume"].drop("overall").max()
+    parent = store.client.get_run(p2).data  # the UI shows them on the sweep's parent run, named in its description
+    assert {f"frontier/hypervolume/{scope}": value for scope, value in table["hypervolume"].items()} == \
+        {k: pytest.approx(v) for k, v in parent.metrics.items() if k.startswith("frontier/")}
+    assert "`frontier/frontier.png`" in parent.tags[names.TAG_DESCRIPTION]
 
 
 def test_hypervolume_and_pareto_by_hand():
@@ -303,6 +308,8 @@ def test_a_real_tiny_sweep(sweep, tmp_path):
 
     runs, tasks = pd.read_csv(out / "runs.csv"), pd.read_csv(out / "tasks.csv")
     assert sorted(zip(runs["model.width_mult"], runs["sparsity.density"])) == [(1, 0.5), (1, 1), (2, 0.5), (2, 1)]
+    # model.d_model follows from the width: not a variant that would rename the points
+    assert sorted(pd.read_csv(out / "points.csv")["point"]) == ["w1-d0.5", "w1-d1", "w2-d0.5", "w2-d1"]
     assert runs[names.CAPABILITY_VAL_LOSS].notna().all() and runs[names.TASKS_SOLVED_FRAC].notna().all()
     assert len(tasks) == 4 * 3 and set(tasks["task"]) == {"else_elif", "lambda_func", "control"}
     frontier = pd.read_csv(out / "frontier.csv")

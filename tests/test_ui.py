@@ -28,6 +28,7 @@ import pytest
 from conftest import PROJECT_ROOT, Sweep
 from slurm_cluster import free_port
 from sweep import names
+from sweep.circuits.drawing import DETAIL_MAX_EDGES
 
 pytestmark = pytest.mark.ui
 SHOTS = PROJECT_ROOT / "test-artifacts" / "ui"
@@ -259,6 +260,17 @@ def test_a_job_page_draws_its_circuit(swept, server, context, tmp_path):
         expect(image).to_have_js_property("complete", True)
         shown = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
         assert tuple(shown) == png_size(stored), (shown, png_size(stored))
+    # the same drawing as a page: the UI previews it in a frame whose SVG has a hover title per node and edge
+    record = json.loads(Path(swept["sweep"].client.download_artifacts(
+        job.info.run_id, names.circuit_artifact(TASK, "json"), str(tmp_path))).read_text())
+    page.get_by_text(Path(drawing).with_suffix(".html").name, exact=True).click()
+    frame = page.frame_locator("iframe").first
+    expect(frame.locator("svg")).to_be_visible()
+    titles = frame.locator("svg title").all_text_contents()
+    if record["n_edges"] <= DETAIL_MAX_EDGES:  # drawn node by node (a larger circuit: by node location)
+        assert len(titles) >= record["n_nodes"] + record["n_edges"], (len(titles), record["n_nodes"], record["n_edges"])
+        assert any(title.startswith(record["nodes"][0]) for title in titles), (record["nodes"][0], titles[:5])
+    assert titles, "no hover titles in the drawing's page"
 
 
 def test_the_parent_page_shows_the_summary_table(swept, server, context, tmp_path):
