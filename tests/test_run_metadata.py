@@ -61,6 +61,7 @@ def test_a_sweep_describes_itself_in_the_store(sweep, tmp_path):
     assert sorted(r["status"] for r in table) == ["finished", "finished", "invalid"]
     invalid = next(r for r in table if r["status"] == "invalid")
     assert "sparsity.density" in invalid["reason"] and invalid["run_id"] is None
+    assert sorted(r["label"].split()[0] for r in table) == ["w1-d0.05-s0", "w1-d0.5-s0", "w1-d1-s0"]  # as runs are named
     plan = json.loads(Path(sweep.client.download_artifacts(parent.info.run_id, names.ARTIFACT_PLAN,
                                                            str(tmp_path / "plan"))).read_text())
     assert sorted(p["action"] for p in plan) == ["invalid", "run", "run"]

@@ -174,7 +174,9 @@ def on_server(link: str, server: UiServer) -> str:
 
 
 def run_url(server: UiServer, run, tab: str = "") -> str:
-    return f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{tab}"
+    """A run's page (or its `tab`), in model-training mode as the links the sweep writes open it."""
+    path, _, query = names.ui_runs_path(run.info.experiment_id, run.info.run_id).partition("?")
+    return f"{server.url}/{path}{tab}?{query}"
 
 
 def run_link(page, run):
@@ -278,17 +280,18 @@ def test_the_parent_page_shows_the_summary_table(swept, server, context, tmp_pat
     parent = swept["parent"]
     path = swept["sweep"].client.download_artifacts(parent.info.run_id, names.ARTIFACT_SUMMARY_TABLE, str(tmp_path))
     table = json.loads(Path(path).read_text())  # log_table's format: {"columns": [...], "data": [[...], ...]}
-    columns = ["point", "status", "val_loss", "edges_geomean", "run_id", "reason"]
+    columns = ["label", "status", "val_loss", "edges_geomean", "run_id", "reason", "point"]
     assert table["columns"] == columns, table["columns"]
     rows = [dict(zip(columns, row)) for row in table["data"]]
     assert sorted(r["status"] for r in rows) == ["finished", "finished", "invalid"], rows
+    assert sorted(r["label"].split()[0] for r in rows) == ["w1-d0.05-s0", "w1-d0.5-s0", "w1-d1-s0"], rows  # as runs are named
     page = open_tab(context, run_url(server, parent, "/artifacts"))
     with screenshot(page, "4-parent-summary"):
         page.get_by_text(names.ARTIFACT_SUMMARY_TABLE, exact=True).click()
         expect(page.get_by_role("checkbox", name="View as table")).to_be_checked()  # a logged table, not JSON text
         expect(page.get_by_role("columnheader")).to_have_text(columns)
         for row in rows:
-            shown = page.get_by_role("row").filter(has=page.get_by_role("cell", name=row["point"], exact=True))
+            shown = page.get_by_role("row").filter(has=page.get_by_role("cell", name=row["label"], exact=True))
             expect(shown).to_have_count(1)
             expect(shown.get_by_role("cell").nth(1)).to_have_text(row["status"])
             expect(shown.get_by_role("cell").nth(4)).to_have_text(row["run_id"] or "null")  # how the UI shows None

@@ -45,16 +45,17 @@ MLFLOW_TAG_LIMIT = 8000  # characters of a tag's value (MLflow's MAX_TAG_VAL_LEN
 DESCRIPTION_RESERVE = 600  # of them left for the frontier paragraph `make frontier` appends
 
 
-def summary_rows(results: list[dict]) -> list[dict]:
-    """One row per point, sorted: its status (finished, failed, skipped, invalid), val loss, circuit size
-    (None where there is none: the table is JSON), run and reason: the parent run's table (`summary.json`)
-    and the text summary's lines."""
+def summary_rows(results: list[dict], labels: dict[str, str] | None = None) -> list[dict]:
+    """One row per point, sorted: its label (`w2-d0.06-s0`, from `labels` {point: label}), status (finished,
+    failed, skipped, invalid), val loss, circuit size (None where there is none: the table is JSON), run,
+    reason and overrides: the parent run's table (`summary.json`) and the text summary's lines."""
     number = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else None  # noqa: E731
     rows = []
     for r in sorted(results, key=lambda r: r["point"]):
         kind, _, reason = r["status"].partition(": ")
-        rows.append({"point": r["point"], "status": kind, "val_loss": number(r.get("val_loss")),
-                     "edges_geomean": number(r.get("edges_geomean")), "run_id": r.get("run_id"), "reason": reason})
+        rows.append({"label": (labels or {}).get(r["point"]) or r["point"], "status": kind,
+                     "val_loss": number(r.get("val_loss")), "edges_geomean": number(r.get("edges_geomean")),
+                     "run_id": r.get("run_id"), "reason": reason, "point": r["point"]})
     return rows
 
 
@@ -91,7 +92,7 @@ def sweep_description(grid: str, counts: dict[str, int], experiment: str, rows: 
         run = f"[{r['run_id'][:8]}]({names.ui_runs_path(experiment_id, r['run_id'])})" if r["run_id"] else cell(r["reason"])
         loss = "" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
         edges = "" if r["edges_geomean"] is None else f"{r['edges_geomean']:,.0f}"
-        lines.append(f"| {cell(r['point'])} | {r['status']} | {loss} | {edges} | {run} |")
+        lines.append(f"| {cell(r['label'])} | {r['status']} | {loss} | {edges} | {run} |")
     shown = len(lines)
     while len(text) + sum(len(line) + 1 for line in lines[:shown]) > MLFLOW_TAG_LIMIT - DESCRIPTION_RESERVE:
         shown -= 1  # a tag holds 8,000 characters: a large grid's rest is in summary.json
@@ -241,7 +242,7 @@ class SweepCallback(Callback):
         return format_summary(self._results(), len(self.plan))
 
     def _summary_table(self) -> list[dict]:
-        return summary_rows(self._results())
+        return summary_rows(self._results(), {entry.point: entry.label for entry in self.plan})
 
     def _description(self, counts: dict[str, int]) -> str:
         _, experiment_id = tracking.ensure_experiment(self.config.tracking)

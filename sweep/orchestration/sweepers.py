@@ -16,8 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.errors import ConfigError
-from sweep.points import describe_point
-from sweep.points import config_hash
+from sweep.points import config_hash, describe_point, point_label
 from sweep.orchestration.validate import validate
 
 PLAN_FILE = "plan.json"
@@ -50,6 +49,7 @@ class PlannedPoint:
     reason: str = ""
     config_hash: str | None = None
     duplicate_of: str | None = None  # the finished run (or the earlier point of this grid) it repeats
+    label: str = ""  # `w2-d0.06-s0 lr=0.005` (`point_label`), as the job's run is named; empty if its axes are not numbers
 
 
 def plan_points(points: list[tuple[list[str] | str, DictConfig]]) -> list[PlannedPoint]:
@@ -58,6 +58,10 @@ def plan_points(points: list[tuple[list[str] | str, DictConfig]]) -> list[Planne
     for overrides, cfg in points:
         described = overrides if isinstance(overrides, str) else describe_point(overrides)
         entry = PlannedPoint([] if isinstance(overrides, str) else list(overrides), described, RUN)
+        try:
+            entry.label = point_label(cfg, entry.overrides)
+        except (TypeError, ValueError):  # seed=abc: invalid below, and without a label
+            pass
         try:
             validate(cfg)
             entry.config_hash = config_hash(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
