@@ -14,12 +14,7 @@ import math
 import os
 import re
 import shutil
-import signal
 import struct
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +22,7 @@ import pytest
 
 from conftest import PROJECT_ROOT, Sweep
 from slurm_cluster import free_port
+from tracking_server import ServerProcess
 from sweep import names
 from sweep.circuits.drawing import DETAIL_MAX_EDGES
 
@@ -51,50 +47,14 @@ def playwright_api():
     return playwright.sync_api
 
 
-class UiServer:
-    """`make ui` on another store and port, as a researcher starts it; stopped with its process group."""
+class UiServer(ServerProcess):
+    """`make ui` on another store and port, as a researcher starts it."""
 
     def __init__(self, store_uri: str, log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.command = ["make", "--no-print-directory", "ui", f"STORE={store_uri}", f"PORT={self.port}"]
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
+        port = free_port()
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}  # CI reaches apt and PyPI only
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(self.command, cwd=PROJECT_ROOT, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + SERVER_START_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"make ui exited with status {self.process.returncode}:\n{self.logs()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"make ui not answering /health after {SERVER_START_S} s:\n{self.logs()}")
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):  # a throwaway store: no need to wait long for a clean exit
-            try:
-                os.killpg(self.process.pid, sig)
-                self.process.wait(timeout=5)
-                return
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-    def logs(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.log}\n" + "\n".join(text.splitlines()[-lines:])
+        super().__init__("make ui", ["make", "--no-print-directory", "ui", f"STORE={store_uri}", f"PORT={port}"],
+                         env, PROJECT_ROOT, log, port)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +78,7 @@ def swept(tmp_path_factory):
 def server(swept):
     ui = UiServer(swept["sweep"].uri, swept["sweep"].tmp / "make-ui.log")
     try:
-        ui.start()
+        ui.start(SERVER_START_S)
         yield ui
     finally:
         ui.stop()

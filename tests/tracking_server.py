@@ -149,36 +149,23 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-class MlflowServer:
-    """The compose file's mlflow service command, run on this machine against `postgres`."""
+class ServerProcess:
+    """A server in its own process group on 127.0.0.1:`port`: started and waited for on /health, stopped
+    with its whole group (a CLI and its workers), its output in `log`."""
 
-    def __init__(self, root: Path, postgres: Postgres):
-        service = compose()["services"]["mlflow"]
-        environment = {k: str(v) for k, v in service["environment"].items()}
-        missing = [k for k in LOCATION_KEYS if k not in environment]
-        assert not missing, f"docker/compose.yaml's mlflow service no longer sets {missing}: update this test"
-        self.port = free_port()
-        self.artifacts = root / "mlartifacts"
-        self.log = root / "mlflow-server.log"
-        location = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(postgres.port), "MLFLOW_HOST": "127.0.0.1",
-                    "MLFLOW_PORT": str(self.port), "MLFLOW_ARTIFACTS": str(self.artifacts)}
-        # the env file first, then the service's environment (compose's precedence), then where it runs here
-        self.env = {**os.environ, **env_file(), **environment, **location,
-                    "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-        self.command = [unescape(str(part)) for part in service["command"]]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.root = root
+    def __init__(self, name: str, command: list[str], env: dict[str, str], cwd: Path, log: Path, port: int):
+        self.name, self.command, self.env, self.cwd, self.log = name, command, env, cwd, log
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 240) -> None:
-        """Start it and wait for /health (its database migrations run first: tens of seconds here)."""
         with self.log.open("w") as log:
-            self.process = subprocess.Popen(self.command, env=self.env, cwd=self.root, stdout=log,
+            self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with status {self.process.returncode}:\n{self.logs()}")
+                raise RuntimeError(f"{self.name} exited with status {self.process.returncode}:\n{self.logs()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
                     if response.status == 200:
@@ -186,10 +173,10 @@ class MlflowServer:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"mlflow server not healthy after {timeout_s} s:\n{self.logs()}")
+        raise RuntimeError(f"{self.name} not healthy after {timeout_s} s:\n{self.logs()}")
 
     def stop(self, timeout_s: float = 20) -> None:
-        """SIGTERM to the server's process group (the CLI and its uvicorn worker), SIGKILL if still there."""
+        """SIGTERM to the process group, SIGKILL if it is still there."""
         if self.process is None:
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -206,3 +193,23 @@ class MlflowServer:
     def logs(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return f"--- {self.log}\n" + "\n".join(text.splitlines()[-lines:])
+
+
+class MlflowServer(ServerProcess):
+    """The compose file's mlflow service command, run on this machine against `postgres` (its database
+    migrations run before /health answers: tens of seconds here)."""
+
+    def __init__(self, root: Path, postgres: Postgres):
+        service = compose()["services"]["mlflow"]
+        environment = {k: str(v) for k, v in service["environment"].items()}
+        missing = [k for k in LOCATION_KEYS if k not in environment]
+        assert not missing, f"docker/compose.yaml's mlflow service no longer sets {missing}: update this test"
+        port = free_port()
+        self.artifacts = root / "mlartifacts"
+        location = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(postgres.port), "MLFLOW_HOST": "127.0.0.1",
+                    "MLFLOW_PORT": str(port), "MLFLOW_ARTIFACTS": str(self.artifacts)}
+        # the env file first, then the service's environment (compose's precedence), then where it runs here
+        env = {**os.environ, **env_file(), **environment, **location,
+               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        super().__init__("mlflow server", [unescape(str(part)) for part in service["command"]], env, root,
+                         root / "mlflow-server.log", port)

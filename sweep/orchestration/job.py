@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import tempfile
 import threading
 from dataclasses import asdict, dataclass
