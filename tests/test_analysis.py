@@ -294,6 +294,7 @@ def test_unreachable_server_from_the_command_line(tmp_path):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a real sweep then the analysis: a minute on 2 cores; the analysis is tested on constructed stores in make test
 def test_a_real_tiny_sweep(sweep, tmp_path):
     """2 widths x 2 densities through `python -m sweep -m`, then `python -m analysis frontier`."""
     result = sweep.run("model.width_mult=1,2", "sparsity.density=1,0.5", "prune.target_loss=1.5",

@@ -64,8 +64,19 @@ def filled_store(tmp_path_factory):
     return sweep
 
 
-@pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
-@pytest.mark.parametrize("overrides,key,rule", BAD_INPUTS, ids=[b[0][0] for b in BAD_INPUTS])
+# Every bad input as one job, and in a multirun (whose plan refuses a grid without a valid point): the
+# multirun cases of these three run in make test, the rest in make test-slow (5-15 s each on 2 cores).
+MULTIRUN_IN_MAKE_TEST = ("sparsity.density=0.04", "seed=abc", "tasks.names=[]")
+
+
+def bad_input_cases():
+    for overrides, key, rule in BAD_INPUTS:
+        yield pytest.param(overrides, key, rule, False, id=f"{overrides[0]}-run")
+        slow = () if overrides[0] in MULTIRUN_IN_MAKE_TEST else pytest.mark.slow
+        yield pytest.param(overrides, key, rule, True, id=f"{overrides[0]}-multirun", marks=slow)
+
+
+@pytest.mark.parametrize("overrides,key,rule,multirun", bad_input_cases())
 def test_bad_input_fails_cleanly(filled_store, overrides, key, rule, multirun):
     sweep = filled_store
     before = store_digest(sweep)

@@ -18,6 +18,7 @@ from conftest import PROJECT_ROOT
 from sweep.science.model import GPT, ModelShape
 
 
+@pytest.mark.slow  # the whole bench at toy sizes: two minutes on 2 cores
 def test_smoke_run_writes_every_measure_the_issue_names(tmp_path):
     committed = (PROJECT_ROOT / "bench" / "results.json").read_bytes()
     result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=PROJECT_ROOT,

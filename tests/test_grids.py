@@ -50,6 +50,7 @@ def test_paper_grid_is_the_recipe():
     assert (cfg.train.lr, cfg.train.adam_eps, list(cfg.train.betas), cfg.train.weight_decay) == (0.0128, 0.1, [0.9, 0.95], 0.1)
 
 
+@pytest.mark.slow  # two BPE jobs of the paper grid at toy size
 def test_a_two_point_smoke_of_the_paper_grid_runs_on_the_cpu(sweep):
     """The recipe end to end at a toy size: BPE, bigram table, no positions, j = 4, AbsTopK, two widths."""
     result = sweep.run("experiment=paper", "data.tokenizer=bpe", "model.base_width=32", "model.n_layer=2", "model.n_ctx=128",

@@ -70,6 +70,7 @@ def test_reprune_bad_input(trained, case):
     assert len(sweep.runs()) == runs_before
 
 
+@pytest.mark.slow  # a sweep and two re-prunes of it: over a minute on 2 cores
 def test_reprune_a_whole_experiment_with_another_method_and_compare(sweep, tmp_path):
     result = sweep.run("sparsity.density=1,0.5", "tasks.names=[else_elif]", multirun=True)
     assert result.returncode == 0, result.stderr[-3000:]

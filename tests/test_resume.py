@@ -109,6 +109,7 @@ def test_identical_points_of_one_grid_run_once(sweep):
     assert "2 finished, 1 skipped" in result.stdout
 
 
+@pytest.mark.slow  # two multiruns of three and four points
 def test_extra_grids_add_points(sweep):
     """`extra_grids` adds points to the `params` grid, as the quick grid's extra seeds do."""
     result = sweep.run("+hydra.sweeper.params={sparsity.density: '1,0.5'}",

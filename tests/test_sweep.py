@@ -83,6 +83,7 @@ def test_two_point_multirun_logs_two_children_under_one_parent(sweep, tmp_path):
     assert sparse.data.metrics[names.DENSITY_HIDDEN] == pytest.approx(0.5)
 
 
+@pytest.mark.slow  # three jobs
 def test_same_seed_gives_identical_metrics(tmp_path):
     histories = []
     for name in ("a", "b", "c"):
