@@ -34,13 +34,15 @@ def wait_for(condition, timeout_s: float = 300.0) -> None:
 
 
 def launch_until_two_train(sweep, grid: list[str]) -> subprocess.Popen:
-    """`python -m sweep -m` in a session of its own (its output piped), returned once two jobs train."""
-    cmd = [sys.executable, "-m", "sweep", "-m", *sweep.args(*grid)]
+    """`python -m sweep -m` in a session of its own (its output piped), returned once two jobs are in their
+    training loop: each has logged train/loss (written at once here). A run that merely exists may still be
+    setting up (its first step imports parts of torch for a second), which is not what these tests signal."""
+    cmd = [sys.executable, "-m", "sweep", "-m", *sweep.args(*grid, "tracking.flush_every=1")]
     launcher = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
     try:
         wait_for(lambda: (sweep.tmp / "multirun" / "plan.json").exists()
-                 and len(training_runs(sweep, names.STATUS_RUNNING)) == 2)
+                 and sum(names.TRAIN_LOSS in r.data.metrics for r in training_runs(sweep, names.STATUS_RUNNING)) == 2)
     except BaseException:
         launcher.kill()
         raise
@@ -86,7 +88,6 @@ def test_a_signal_to_the_whole_process_group_leaves_no_run_running(sweep, signum
     reach the launching process and its workers at once: every run still ends FAILED, none RUNNING."""
     launcher = launch_until_two_train(sweep, [*GRID, "train.steps=3000", "hydra.launcher.n_jobs=2"])
     try:
-        time.sleep(2)  # both jobs inside the training loop
         os.killpg(launcher.pid, signum)
         output, _ = launcher.communicate(timeout=180)
     finally:
@@ -95,7 +96,7 @@ def test_a_signal_to_the_whole_process_group_leaves_no_run_running(sweep, signum
     runs = sweep.runs()
     assert not [r for r in runs if r.info.status == "RUNNING"], output[-3000:]
     killed = training_runs(sweep, f"failed: Terminated: killed by signal {signal.SIGTERM}")
-    assert len(killed) == 2, [r.data.tags.get(names.TAG_STATUS) for r in runs]
+    assert len(killed) == 2, ([r.data.tags.get(names.TAG_STATUS) for r in runs], output[-4000:])
 
 
 def test_identical_points_of_one_grid_run_once(sweep):
