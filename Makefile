@@ -63,7 +63,7 @@ bench: $(INSTALLED) ## measure where a job's time goes (sparse/dense step, MFU, 
 gpu-check: $(INSTALLED) ## on a machine with a CUDA GPU (< 8 min): the bench on the GPU in fp32 and bf16, a 2-point paper-grid smoke; bench/gpu/results.md
 	$(BIN)/python -m bench.gpu $(ARGS)
 
-test: $(INSTALLED) ## run the tests, one worker per core, then the signal tests alone (about 10 minutes on 2 cores)
+test: $(INSTALLED) ## run the tests, one worker per core, then the signal tests alone (about 13 minutes on 2 cores with set-up)
 	$(BIN)/python -m pytest -q -n $(or $(TEST_WORKERS),auto) -m "not slow and not slurm and not postgres and not ui and not serial" $(ARGS)
 	$(BIN)/python -m pytest -q -m serial $(ARGS)
 
