@@ -388,6 +388,24 @@ def end_orphan(client: MlflowClient, run) -> bool:
     return True
 
 
+SIBLING_WAIT_S = 20.0  # below lifecycle.terminate_descendants' 30 s
+
+
+def wait_for_siblings(tracking_cfg, parent_run_id: str, timeout_s: float = SIBLING_WAIT_S) -> None:
+    """In a stopped worker of the local launcher, its own run closed: wait until no other job run of the sweep
+    is RUNNING in a live process. When one worker exits, joblib's executor kills the others at once; a
+    sibling still on its way to its next step (setting up, closing its run) would die with its run open."""
+    client, experiment_id = ensure_experiment(tracking_cfg)
+    query = f"tags.`{names.TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = client.search_runs([experiment_id], query, max_results=1000)
+        if not [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_JOB
+                and not lifecycle.is_orphaned(r.data.tags.get(names.TAG_PROCESS))]:
+            return
+        time.sleep(0.2)
+
+
 def log_skipped_run(tracking_cfg, parent_run_id: str, run_name: str, point_hash: str, duplicate_of: str) -> str:
     """A child run that records a point this sweep did not run again: `skipped: duplicate of <run_id>`."""
     client, experiment_id = ensure_experiment(tracking_cfg)

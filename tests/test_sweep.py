@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import PROJECT_ROOT, SMALL_CORPUS, Sweep
 from sweep import names
 from sweep.circuits import tasks
+from sweep.points import templates_hash
 from sweep.tracking import MLFLOW_RUN_NAME_LIMIT, git_commit
 
 STEP_METRICS = set(names.STEP_METRICS)
@@ -251,4 +253,7 @@ def test_the_same_point_from_another_checkout_trains_once(sweep, tmp_path):
     assert third.returncode == 0, third.stderr[-3000:]
     (new,) = [r for r in sweep.runs() if r.data.tags.get(names.TAG_STATUS) == names.STATUS_FINISHED
               and r.info.run_id != trained[0].info.run_id]
-    assert new.data.params["tasks.template_dir"] == str(other / "conf" / "task_templates")  # the copy ran
+    config = OmegaConf.load(sweep.client.download_artifacts(new.info.run_id, names.ARTIFACT_CONFIG, str(sweep.tmp)))
+    assert config.tasks.template_dir == str(other / "conf" / "task_templates")  # the copy ran (a path: not a param)
+    assert "tasks.template_dir" not in new.data.params
+    assert new.data.params["tasks.templates"] == templates_hash(other / "conf" / "task_templates")  # by content

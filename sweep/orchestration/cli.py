@@ -13,7 +13,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweep import names, tracking
+from sweep import lifecycle, names, tracking
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started, work_started
 from sweep.orchestration.job import JobOutcome, ignore_sigint_in_worker, job_slot, run_job
 from sweep.lifecycle import Terminated, is_launching_process
@@ -50,6 +50,8 @@ def hydra_job(cfg: DictConfig) -> dict:
         if multirun and is_launching_process():  # the sweep's own process: it has closed the parent run
             raise SystemExit(128 + stop.signum) from None
         if multirun:  # a worker process (joblib, SLURM): its run is closed; exit, never take another job
+            if lifecycle.launcher_tag() and (parent := os.environ.get(names.ENV_PARENT_RUN_ID)):
+                tracking.wait_for_siblings(cfg.tracking, parent)  # joblib kills the others when one exits
             os._exit(128 + stop.signum)
         raise
     except Exception as e:  # noqa: BLE001 - one failing job must not stop the others
