@@ -186,8 +186,8 @@ sweep's parent run) trains one grid point `w<width>-d<density>-s<seed>`, measure
 the smallest circuit that still solves it (`circuit/<task>/edges`; `circuit/edges_geomean` over the solved
 tasks, `circuit/log10_edges_geomean` on the frontier's axis: smaller is more interpretable).
 
-How to read it: group the runs by the tag `sweep.point` to pool seeds; chart `capability/val_loss` against
-`circuit/log10_edges_geomean`, coloured by `model.d_model`, for the capability-interpretability frontier.
+How to read it: group the runs by the tag `sweep.point` to pool seeds; a scatter chart of `capability/val_loss`
+against `circuit/log10_edges_geomean` (all runs shown) is the capability-interpretability frontier.
 Each parent run holds its sweep's summary table (`summary.json`: every point, run, skipped or invalid) and,
 after `make frontier`, the paper's figures (`frontier/frontier.png`). A job's circuits are drawn in its
 artifacts under `circuits/`."""

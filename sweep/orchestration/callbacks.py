@@ -221,9 +221,7 @@ class SweepCallback(Callback):
         # the job's handler): its process is gone now, so its run is closed here, not by the next sweep
         for run_id in tracking.close_orphaned_runs(self.config.tracking):
             print(f"marked run {run_id} FAILED: its process ended without closing it", file=sys.stderr)
-        summary, _, counts = self._summary()
-        tracking.end_parent_run(self.config.tracking, self.parent_run_id, True, f"killed by signal {signum}\n{summary}",
-                                self._summary_table(), self._description(counts))
+        summary, _ = self._end_parent_run(True, f"killed by signal {signum}\n")
         print(f"{summary}\nsweep killed; run the same command again to run only the missing points", flush=True)
         if lifecycle.is_job_running():  # a job in this process: it stops at its next step and closes its run
             lifecycle.request_stop(signum)
@@ -238,15 +236,17 @@ class SweepCallback(Callback):
     def _results(self) -> list[dict]:
         return self._launched_results() + [_outcome(entry) for entry in self.plan if entry.action != RUN]
 
-    def _summary(self) -> tuple[str, bool, dict[str, int]]:
-        return format_summary(self._results(), len(self.plan))
-
-    def _summary_table(self) -> list[dict]:
-        return summary_rows(self._results(), {entry.point: entry.label for entry in self.plan})
-
-    def _description(self, counts: dict[str, int]) -> str:
+    def _end_parent_run(self, failed: bool, heading: str = "") -> tuple[str, bool]:
+        """Close the parent run with the summary (text, table, description), the jobs' results read once;
+        returns the text summary and whether a job failed or went missing."""
+        results = self._results()
+        summary, missed, counts = format_summary(results, len(self.plan))
+        rows = summary_rows(results, {entry.point: entry.label for entry in self.plan})
         _, experiment_id = tracking.ensure_experiment(self.config.tracking)
-        return sweep_description(self.grid, counts, self.config.tracking.experiment, self._summary_table(), experiment_id)
+        description = sweep_description(self.grid, counts, self.config.tracking.experiment, rows, experiment_id)
+        tracking.end_parent_run(self.config.tracking, self.parent_run_id, failed or missed, heading + summary, rows,
+                                description)
+        return summary, missed
 
     def _record_skipped(self) -> None:
         """One child run per skipped point, tagged `skipped: duplicate of <run_id>`."""
@@ -260,9 +260,7 @@ class SweepCallback(Callback):
     @_stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self._record_skipped()
-        summary, failed, counts = self._summary()
-        tracking.end_parent_run(config.tracking, self.parent_run_id, failed, summary, self._summary_table(),
-                                self._description(counts))
+        summary, failed = self._end_parent_run(False)
         _, experiment_id = tracking.ensure_experiment(config.tracking)
         uri = tracking.redact_uri(config.tracking.uri)
         where = uri.rstrip("/") if tracking.is_server(uri) else "make ui, then http://127.0.0.1:5000"
