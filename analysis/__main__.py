@@ -14,7 +14,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 
 from analysis.collapse import CollapseRule
-from analysis.frontier import HV_REFERENCE, check_reference
+from analysis.frontier import HV_REFERENCE, MEASURES, check_reference
 from analysis import methods
 from analysis.load import DEFAULT_URI, STAGES, AnalysisError, open_client
 from analysis.report import Options, analyse, summary
@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--from-csv", type=Path, metavar="DIR", help="rebuild from DIR/runs.csv and DIR/tasks.csv, offline")
     p.add_argument("--common-tasks", action="store_true",
                    help="circuit size over the tasks solved by every point with a circuit, not each point's own")
+    p.add_argument("--measure", choices=list(MEASURES), default="target",
+                   help="circuit size on the frontier and in the figures: target (edges at the target loss, the paper's; "
+                        "default) or f80 (edges at 80%% faithfulness); findings.csv judges both")
     p.add_argument("--collapse", action="append", default=[], metavar="KEY=VALUE",
                    help="collapse threshold (repeatable): ref_margin, dead_frac, dead_layers, solved_frac, "
                         "shrink_ratio; a number or off")
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             return compare_methods(args)
         rule = CollapseRule.parse(args.collapse)
         options = Options(out=args.out, experiment=args.experiment, tracking_uri=args.tracking_uri, parent=args.parent,
-                          stage=args.stage, method=args.method, from_csv=args.from_csv, common_tasks=args.common_tasks, rule=rule,
+                          stage=args.stage, method=args.method, from_csv=args.from_csv, common_tasks=args.common_tasks, measure=args.measure, rule=rule,
                           hv_reference=check_reference(tuple(args.hv_ref)), figures=not args.no_figures,
                           log=not args.no_log, readme=args.readme)
         result = analyse(options)

@@ -1,17 +1,26 @@
 """The sweep's findings, each stated with its numbers and a verdict the data supports (`findings.csv`).
 
-(a) edges_fall_with_density, per width: circuits shrink as weights get sparser. Spearman's rank
-    correlation between density and the run's circuit edges over every run of the width with a
-    circuit (seeds pooled), with its two-sided p-value.
-(b) wider_at_fixed_nonzeros, per pair of widths whose points hold the same nonzero count (within
-    NONZERO_MATCH): the wider model's loss and circuit edges against the narrower one's, a
-    difference of means (loss, nats) and a ratio of geometric means (edges), each with a Welch
-    95% interval over the seeds.
-(c) collapse_onset, per width: the densest point labelled collapse (analysis.collapse) and the
-    indicators that fired there, or none down to the sparsest density run.
+Circuit size has two measures (`measure`): `target`, the edges of the smallest circuit reaching the task's
+target loss (the paper's; only where the full model reaches it), and `f80`, the edges of the smallest
+circuit keeping 80% of the full model's ability (`edges_at_f80`; wherever the model has the ability).
 
-Verdicts: `holds`, `does not hold` (the interval or the test excludes the claim's side the other
-way) or `undecided at this size` (too few runs, or an interval across zero). Never more.
+(a) edges_fall_with_density, per width and measure: log edges against log2 density, one effect per task,
+    each run's task-adjusted mean as one observation, one residual sigma pooled over the widths. The
+    statistic is the edges' ratio per halving of density, with its 95% interval. Over all widths at once:
+    one common slope, and a permutation test of the sum over widths of Spearman's rho (densities shuffled
+    within each width; exact p from the design's ties).
+(b) wider_at_fixed_nonzeros, per pair of widths whose points hold the same nonzero count (within
+    NONZERO_MATCH): the wider model's loss minus the narrower's (nats/byte), and its edges over the
+    narrower's (per run, the mean log edges over the tasks with a circuit at every seed of both points);
+    Student's t with the two points' pooled variance.
+(c) collapse_onset, per width: the densest point the collapse's signatures label at every seed.
+
+Verdicts: `holds` when the 95% interval lies beyond the claim's minimum effect (and the permutation p is
+below ALPHA where there is one); `does not hold` when the interval lies on the other side of the minimum
+effect; `undecided at this size` otherwise, or with too few runs, or where the design cannot reach
+p < ALPHA. The collapse `holds` where a point collapses; not seeing it down to the sparsest density
+refutes nothing (`undecided`). With several seed sets (`seed_offset`), every finding is judged per seed
+set and on all runs; the overall verdict is the seed sets' common verdict, `undecided` where they differ.
 """
 
 from __future__ import annotations
@@ -24,51 +33,153 @@ import pandas as pd
 from scipy import stats  # a dependency of mlflow
 
 from analysis.collapse import COLLAPSE
-from analysis.frontier import CONFIDENCE, CONTROL_TASK
-from analysis.load import DENSITY, WIDTH
+from analysis.frontier import CONFIDENCE, CONTROL_TASK, MEASURES, with_circuit
+from analysis.load import DENSITY, SEED, SEED_OFFSET, WIDTH
 from sweep import names
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided at this size"
 ALPHA = 1 - CONFIDENCE
-MIN_RUNS_FOR_RANK = 4  # below this no rank correlation can reach p < 0.05 over distinct values
-NONZERO_MATCH = 0.15  # two points "hold the same nonzero count" within this relative difference
-COLUMNS = ["finding", "scope", "statistic", "value", "low", "high", "p_value", "n", "verdict", "detail"]
+LOSS = "-"  # the measure column of findings that are not about circuit size
+MIN_RUNS = 3  # runs a width (or each side of a comparison) needs before a verdict
+HALVING_RATIO = 0.8  # (a): edges fall when they shrink to at most this per halving of density
+EDGES_RATIO = 0.8  # (b): the wider circuit is smaller when at most this x the narrower's
+LOSS_GAIN = 0.01  # (b): the wider loss is lower when by at least this (nats/byte)
+NONZERO_MATCH = 0.02  # two points "hold the same nonzero count" within this relative difference
+PERMUTATIONS = 20_000  # Monte Carlo permutations where exact enumeration is too long
+ALL_SEEDS = "all"
+COLUMNS = ["finding", "scope", "measure", "seed_set", "statistic", "value", "low", "high", "p_value", "n", "verdict",
+           "detail"]
+CLAIMS = {
+    "edges_fall_with_density": f"circuit edges fall as density falls (to at most {HALVING_RATIO:g}x per halving)",
+    "wider_at_fixed_nonzeros": (f"at a fixed nonzero count, the wider model has the lower loss (by >= {LOSS_GAIN:g} "
+                                f"nats/byte) and the smaller circuit (<= {EDGES_RATIO:g}x the edges)"),
+    "collapse_onset": "the collapse regime appears (by its signatures, at every seed)",
+}
 
 
-def edges_fall_with_density(runs: pd.DataFrame, edges: pd.Series) -> list[dict]:
-    """(a): per width, Spearman's rho of (density, edges) over the runs with a circuit."""
-    rows = []
-    runs = runs.assign(_edges=edges.values)
-    for width, group in runs.groupby(WIDTH):
-        group = group[np.isfinite(group["_edges"])]
-        n, densities = len(group), group[DENSITY].nunique()
-        scope = f"x{width:g}"
-        if n < MIN_RUNS_FOR_RANK or densities < 2:
-            rows.append(_row("edges_fall_with_density", scope, "spearman_rho", math.nan, p=math.nan, n=n,
-                             verdict=UNDECIDED, detail=f"{n} runs with a circuit over {densities} densities: too few"))
+def _row(finding, scope, measure, statistic, value=math.nan, low=math.nan, high=math.nan, p=math.nan, n=0,
+         verdict=UNDECIDED, detail="") -> dict:
+    return {"finding": finding, "scope": scope, "measure": measure, "seed_set": ALL_SEEDS, "statistic": statistic,
+            "value": value, "low": low, "high": high, "p_value": p, "n": int(n), "verdict": verdict, "detail": detail}
+
+
+def beyond(low: float, high: float, effect: float) -> str:
+    """The verdict of an interval for a claim 'below `effect`': holds under it, does not hold over it."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return UNDECIDED
+    return HOLDS if high < effect else FAILS if low > effect else UNDECIDED
+
+
+def circuit_rows(runs: pd.DataFrame, tasks: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """(run_id, task, width, density, log_edges) of every task of every run with a circuit by `measure`."""
+    rows = with_circuit(tasks[tasks["run_id"].isin(runs["run_id"])], measure)
+    rows = rows.assign(log_edges=np.log(rows["size"].clip(lower=1)))  # 0 edges count as 1, as names.geomean does
+    return rows.drop(columns=[WIDTH, DENSITY], errors="ignore").merge(runs[["run_id", WIDTH, DENSITY]], on="run_id")
+
+
+def task_adjusted(rows: pd.DataFrame) -> pd.DataFrame:
+    """One value per run: the mean over its tasks of log edges minus the task's effect, the effects and one
+    slope on log2 density fitted together (least squares), so that runs solving other tasks compare."""
+    x = np.log2(rows[DENSITY].to_numpy(float))
+    dummies = pd.get_dummies(rows["task"]).to_numpy(float)
+    coef, *_ = np.linalg.lstsq(np.column_stack([dummies, x]), rows["log_edges"].to_numpy(float), rcond=None)
+    adjusted = rows.assign(y=rows["log_edges"].to_numpy(float) - dummies @ coef[:-1])
+    per_run = adjusted.groupby("run_id").agg(y=("y", "mean"), density=(DENSITY, "first"), tasks=("task", "count"))
+    return per_run.assign(x=np.log2(per_run["density"]))
+
+
+def edges_fall_with_density(runs: pd.DataFrame, tasks: pd.DataFrame, measure: str) -> list[dict]:
+    """(a): per width, the ratio of edges per halving of density with its interval (one sigma pooled over the
+    widths); over all widths, one common slope and the stratified permutation test of Spearman's rho."""
+    finding = "edges_fall_with_density"
+    rows = circuit_rows(runs, tasks, measure)
+    fits, out = {}, []
+    for width in sorted(runs[WIDTH].unique()):
+        group = rows[rows[WIDTH] == width]
+        per_run = task_adjusted(group) if len(group) else pd.DataFrame(columns=["y", "x", "density"])
+        n, densities = len(per_run), per_run["density"].nunique() if len(per_run) else 0
+        if n < MIN_RUNS or densities < 2:
+            out.append(_row(finding, f"x{width:g}", measure, "ratio_per_halving", n=n,
+                            detail=f"{n} runs with a circuit over {densities} densities: too few "
+                                   f"(at least {MIN_RUNS} runs over 2 densities)"))
             continue
-        rho, p = spearman_permutation(group[DENSITY].to_numpy(float), group["_edges"].to_numpy(float))
-        verdict = HOLDS if rho > 0 and p < ALPHA else FAILS if rho < 0 and p < ALPHA else UNDECIDED
-        rows.append(_row("edges_fall_with_density", scope, "spearman_rho", rho, p=p, n=n, verdict=verdict,
-                         detail=f"densities {_values(group[DENSITY])}; edges {_values(group['_edges'], '.0f')}"))
-    return rows
+        slope, intercept = np.polyfit(per_run["x"], per_run["y"], 1)
+        residuals = per_run["y"] - (intercept + slope * per_run["x"])
+        fits[width] = (per_run, slope, float((residuals ** 2).sum()), n - 2)
+        out.append(None)  # filled once sigma is pooled
+    sse, df = sum(f[2] for f in fits.values()), sum(f[3] for f in fits.values())
+    sigma = math.sqrt(sse / df) if df > 0 else math.nan
+    t = stats.t.ppf(1 - ALPHA / 2, df) if df > 0 else math.nan
+    filled = iter(sorted(fits.items()))
+    for i, row in enumerate(out):
+        if row is not None:
+            continue
+        width, (per_run, slope, _, _) = next(filled)
+        sxx = float(((per_run["x"] - per_run["x"].mean()) ** 2).sum())
+        half = t * sigma / math.sqrt(sxx)
+        low, high = math.exp(-(slope + half)), math.exp(-(slope - half))  # a steeper slope is a smaller ratio
+        p = 2 * stats.t.sf(abs(slope) / (sigma / math.sqrt(sxx)), df) if sigma > 0 else 0.0
+        out[i] = _row(finding, f"x{width:g}", measure, "ratio_per_halving", math.exp(-slope), low, high, p, len(per_run),
+                      beyond(low, high, HALVING_RATIO) if np.isfinite(half) else UNDECIDED,
+                      f"{len(per_run)} runs over densities {_values(sorted(per_run['density'].unique(), reverse=True))}; "
+                      f"sigma {sigma:.3g} pooled over {len(fits)} widths, df {df}")
+    return out + [_all_widths(finding, fits, measure)]
 
 
-def spearman_permutation(x: np.ndarray, y: np.ndarray, resamples: int = 20_000) -> tuple[float, float]:
-    """Spearman's rho and its two-sided permutation p-value: exact over every pairing up to 8 runs,
-    else over `resamples` random ones (the t approximation claims p ~ 1e-24 for 5 runs in order,
-    where the exact value is 2/120)."""
-    rx, ry = (stats.rankdata(v) for v in (x, y))
-    rx = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean())
-    ry = ry - ry.mean()
-    rho = float(rx @ ry / np.linalg.norm(ry))
-    if len(y) <= 8:
-        shuffled = ry[np.array(list(itertools.permutations(range(len(y)))))]
+def _all_widths(finding: str, fits: dict, measure: str) -> dict:
+    """One slope common to the widths (each its own intercept) and the permutation p of sum rho_w."""
+    if len(fits) < 1:
+        return _row(finding, "all widths", measure, "ratio_per_halving",
+                    detail=f"no width has {MIN_RUNS} runs with a circuit over 2 densities")
+    centred = [(f[0]["x"] - f[0]["x"].mean(), f[0]["y"] - f[0]["y"].mean()) for f in fits.values()]
+    x, y = (np.concatenate([c[i].to_numpy(float) for c in centred]) for i in (0, 1))
+    df = len(x) - len(fits) - 1
+    slope = float(x @ y / (x @ x))
+    sigma = math.sqrt(float(((y - slope * x) ** 2).sum()) / df) if df > 0 else math.nan
+    half = stats.t.ppf(1 - ALPHA / 2, df) * sigma / math.sqrt(float(x @ x)) if df > 0 else math.nan
+    low, high = (math.exp(-(slope + half)), math.exp(-(slope - half))) if np.isfinite(half) else (math.nan, math.nan)
+    p, smallest = stratified_spearman([(f[0]["x"].to_numpy(float), f[0]["y"].to_numpy(float)) for f in fits.values()])
+    detail = f"{len(x)} runs over {len(fits)} widths; one-sided permutation p of sum rho over widths"
+    if smallest > ALPHA:
+        verdict, detail = UNDECIDED, f"{detail}; this design cannot reach p < {ALPHA:g} (smallest p {smallest:.3g})"
     else:
-        rng = np.random.default_rng(0)
-        shuffled = ry[np.argsort(rng.random((resamples, len(y))), axis=1)]
-    null = shuffled @ rx / np.linalg.norm(ry)
-    return rho, float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
+        verdict = beyond(low, high, HALVING_RATIO)
+        if verdict == HOLDS and p >= ALPHA:
+            verdict = UNDECIDED
+    return _row(finding, "all widths", measure, "ratio_per_halving", math.exp(-slope), low, high, p, len(x), verdict,
+                detail)
+
+
+def stratified_spearman(groups: list[tuple[np.ndarray, np.ndarray]], resamples: int = PERMUTATIONS,
+                        exact_up_to: int = 50_000) -> tuple[float, float]:
+    """One-sided p of sum over groups of Spearman's rho(x, y) > 0, y shuffled within each group (exact over
+    every shuffle up to `exact_up_to` of them, else Monte Carlo, (k + 1) / (R + 1)), and the smallest p
+    the design can give (ties in x: a group of t tied runs leaves t! shuffles equal)."""
+    ranked = [(_unit_ranks(x), _unit_ranks(y)) for x, y in groups]  # rho_w = rx @ ry, whatever the shuffle
+    observed = sum(rx @ ry for rx, ry in ranked)
+    count = math.prod(math.factorial(len(y)) for _, y in ranked)
+    if count <= exact_up_to:
+        per_group = [np.array([rx @ ry[list(order)] for order in itertools.permutations(range(len(ry)))])
+                     for rx, ry in ranked]
+        null = per_group[0]
+        for values in per_group[1:]:
+            null = (null[:, None] + values[None, :]).ravel()
+        p = float(np.mean(null >= observed - 1e-9))
+        smallest = float(np.mean(null >= null.max() - 1e-9))
+        return p, smallest
+    rng = np.random.default_rng(0)
+    null = sum(rx @ ry[np.argsort(rng.random((resamples, len(ry))), axis=1)].T for rx, ry in ranked)
+    p = (int(np.sum(null >= observed - 1e-9)) + 1) / (resamples + 1)
+    ties = math.prod(math.factorial(t) for x, _ in groups for t in np.unique(x, return_counts=True)[1])
+    return p, max(ties / count, 1 / (resamples + 1))
+
+
+def _unit_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks, centred and scaled to unit length (zeros where all are tied)."""
+    r = stats.rankdata(x)
+    r = r - r.mean()
+    norm = np.linalg.norm(r)
+    return r / norm if norm else r
 
 
 def same_nonzero_pairs(points: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
@@ -76,7 +187,7 @@ def same_nonzero_pairs(points: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]
     each narrower point paired with the nearest count at each wider width."""
     sparse = points[points["density"] < 1].dropna(subset=["nonzero_params"])
     pairs = []
-    for _, narrow in sparse.iterrows():
+    for _, narrow in points.dropna(subset=["nonzero_params"]).iterrows():
         for width, wider in sparse[sparse["width"] > narrow["width"]].groupby("width"):
             gap = (wider["nonzero_params"] / narrow["nonzero_params"] - 1).abs()
             if gap.min() <= NONZERO_MATCH:
@@ -84,43 +195,168 @@ def same_nonzero_pairs(points: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]
     return pairs
 
 
-def wider_at_fixed_nonzeros(runs: pd.DataFrame, edges: pd.Series, points: pd.DataFrame) -> list[dict]:
-    """(b): per matched pair, the wider point's loss minus the narrower's and its edges over the narrower's."""
-    runs = runs.assign(_edges=edges.values)
-    rows = []
+def student(a, b) -> tuple[float, float, float, float]:
+    """mean(a) - mean(b), its 95% interval with the two samples' pooled variance, and the two-sided p."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    diff, df = float(a.mean() - b.mean()), len(a) + len(b) - 2
+    pooled = (((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / df
+    se = math.sqrt(pooled * (1 / len(a) + 1 / len(b)))
+    if se == 0:
+        return diff, diff, diff, 0.0 if diff else 1.0
+    half = stats.t.ppf(1 - ALPHA / 2, df) * se
+    return diff, diff - half, diff + half, float(2 * stats.t.sf(abs(diff) / se, df))
+
+
+def wider_at_fixed_nonzeros(runs: pd.DataFrame, tasks: pd.DataFrame, points: pd.DataFrame) -> list[dict]:
+    """(b): per matched pair, the wider point's loss minus the narrower's, and its edges over the narrower's
+    by each measure."""
+    finding, rows = "wider_at_fixed_nonzeros", []
     for wider, narrow in same_nonzero_pairs(points):
         scope = f"{wider['point']} vs {narrow['point']}"
         a, b = (runs[runs["point"] == p["point"]] for p in (wider, narrow))
         nonzeros = f"nonzeros {wider['nonzero_params']:,.0f} vs {narrow['nonzero_params']:,.0f}"
-        loss = _welch(a[names.CAPABILITY_VAL_LOSS], b[names.CAPABILITY_VAL_LOSS])
-        rows.append(_row("wider_at_fixed_nonzeros", scope, "loss_difference", *loss, verdict=_better_if_below(loss, 0.0),
-                         detail=f"wider - narrower, nats; {nonzeros}; seeds {len(a)} vs {len(b)}"))
-        log_edges = _welch(np.log(_finite(a["_edges"])), np.log(_finite(b["_edges"])))
-        value, low, high, p, n = log_edges
-        rows.append(_row("wider_at_fixed_nonzeros", scope, "edges_ratio", math.exp(value), math.exp(low),
-                         math.exp(high), p, n, verdict=_better_if_below(log_edges, 0.0),
-                         detail=f"geomean wider / narrower over seeds with a circuit; {nonzeros}"))
+        if min(len(a), len(b)) < MIN_RUNS:
+            rows.append(_row(finding, scope, LOSS, "loss_difference", n=len(a) + len(b),
+                             detail=f"seeds {len(a)} vs {len(b)}: too few (at least {MIN_RUNS} a side); {nonzeros}"))
+        else:
+            diff, low, high, p = student(a[names.CAPABILITY_VAL_LOSS], b[names.CAPABILITY_VAL_LOSS])
+            rows.append(_row(finding, scope, LOSS, "loss_difference", diff, low, high, p, len(a) + len(b),
+                             beyond(low, high, -LOSS_GAIN), f"wider - narrower, nats/byte; seeds {len(a)} vs {len(b)}; "
+                                                            f"{nonzeros}"))
+        for measure in MEASURES:
+            rows.append(_edges_ratio(finding, scope, measure, circuit_rows(runs, tasks, measure), a, b))
     if not rows:
-        rows.append(_row("wider_at_fixed_nonzeros", "all", "pairs", 0, n=0, verdict=UNDECIDED,
+        rows.append(_row(finding, "all", LOSS, "pairs", 0, verdict=UNDECIDED,
                          detail=f"no two widths hold the same nonzero count within {NONZERO_MATCH:.0%}"))
     return rows
 
 
+def _edges_ratio(finding: str, scope: str, measure: str, circuits: pd.DataFrame, a: pd.DataFrame,
+                 b: pd.DataFrame) -> dict:
+    """The wider point's edges over the narrower's, on the tasks with a circuit at every seed of both."""
+    both = circuits[circuits["run_id"].isin(pd.concat([a["run_id"], b["run_id"]]))]
+    n_runs = len(a) + len(b)
+    common = sorted(task for task, group in both.groupby("task") if group["run_id"].nunique() == n_runs)
+    if min(len(a), len(b)) < MIN_RUNS or not common:
+        why = (f"seeds {len(a)} vs {len(b)}: too few (at least {MIN_RUNS} a side)" if min(len(a), len(b)) < MIN_RUNS
+               else "no task has a circuit at every seed of both points")
+        return _row(finding, scope, measure, "edges_ratio", n=n_runs, detail=why)
+    per_run = both[both["task"].isin(common)].groupby("run_id")["log_edges"].mean()
+    diff, low, high, p = student(per_run[a["run_id"]], per_run[b["run_id"]])
+    return _row(finding, scope, measure, "edges_ratio", math.exp(diff), math.exp(low), math.exp(high), p, n_runs,
+                beyond(math.exp(low), math.exp(high), EDGES_RATIO),
+                f"wider / narrower, geomean over {', '.join(common)}; seeds {len(a)} vs {len(b)}")
+
+
 def collapse_onset(points: pd.DataFrame) -> list[dict]:
-    """(c): per width, the densest collapsed point and the indicators that fired there."""
+    """(c): per width, the densest point the signatures label collapsed, or none down to the sparsest run."""
     rows = []
     for width, series in points.groupby("width"):
         series = series.sort_values("density", ascending=False)
         collapsed = series[series["regime"] == COLLAPSE]
         scope = f"x{width:g}"
         if not len(collapsed):
-            rows.append(_row("collapse_onset", scope, "density", math.nan, n=len(series), verdict=FAILS,
-                             detail=f"no collapse down to density {series['density'].min():g}"))
+            lost = series[series["lost_tasks"].astype(bool)] if "lost_tasks" in series else series.iloc[:0]
+            beside = f"; every task lost (not a signature) at {_values(lost['density'])}" if len(lost) else ""
+            rows.append(_row("collapse_onset", scope, LOSS, "density", n=len(series), verdict=UNDECIDED,
+                             detail=f"not reached down to density {series['density'].min():g}{beside}"))
             continue
         onset = collapsed.iloc[0]
-        rows.append(_row("collapse_onset", scope, "density", onset["density"], n=len(series), verdict=HOLDS,
-                         detail=f"{onset['point']}: {onset['rule']}"))
+        beside = f"; {onset['lost_tasks']}" if onset.get("lost_tasks") else ""
+        rows.append(_row("collapse_onset", scope, LOSS, "density", onset["density"], n=len(series), verdict=HOLDS,
+                         detail=f"{onset['point']}: {onset['rule']}{beside}"))
     return rows
+
+
+def findings_table(runs: pd.DataFrame, tasks: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
+    """Every finding of one set of runs, one row per scope and measure (seed_set `all`)."""
+    rows = [row for measure in MEASURES for row in edges_fall_with_density(runs, tasks, measure)]
+    rows += wider_at_fixed_nonzeros(runs, tasks, points) + collapse_onset(points)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def seed_sets(runs: pd.DataFrame) -> dict[str, pd.Series]:
+    """{`seeds 0-2`: mask of its runs} per seed_offset in the runs (one entry: a single seed set)."""
+    offsets = runs[SEED_OFFSET] if SEED_OFFSET in runs else pd.Series(0.0, index=runs.index)
+    sets = {}
+    for offset in sorted(offsets.unique()):
+        mask = offsets == offset
+        seeds = runs.loc[mask, SEED]
+        sets[f"seeds {seeds.min():g}-{seeds.max():g}" if seeds.nunique() > 1 else f"seed {seeds.min():g}"] = mask
+    return sets
+
+
+def combine(per_set: dict[str, pd.DataFrame], overall: pd.DataFrame) -> pd.DataFrame:
+    """The rows of every seed set, then the overall rows: the pooled runs' numbers, and the seed sets' common
+    verdict (`undecided` with both verdicts named where they differ)."""
+    if len(per_set) < 2:
+        return overall
+    key = ["finding", "scope", "measure"]
+    overall = overall.copy()
+    verdicts = {name: table.set_index(key)["verdict"] for name, table in per_set.items()}
+    for i, row in overall.iterrows():
+        found = {name: v.get(tuple(row[key])) for name, v in verdicts.items()}
+        said = {v for v in found.values() if v is not None}
+        if len(said) == 1 and len([v for v in found.values() if v is not None]) == len(found):
+            overall.at[i, "verdict"] = said.pop()
+        else:
+            overall.at[i, "verdict"] = UNDECIDED
+            overall.at[i, "detail"] = ("seed sets disagree: " + ", ".join(f"{v or 'not judged'} ({name})"
+                                                                          for name, v in found.items())
+                                       + f"; pooled: {row['verdict']}; {row['detail']}")
+    tables = [table.assign(seed_set=name) for name, table in per_set.items()]
+    return pd.concat([*tables, overall], ignore_index=True)[COLUMNS]
+
+
+def describe(findings: pd.DataFrame) -> list[str]:
+    """The lines the analysis prints: the overall rows, verdict first."""
+    lines = []
+    for _, f in findings[findings["seed_set"] == ALL_SEEDS].iterrows():
+        interval = "" if not np.isfinite(f["low"]) else f" [{f['low']:.3g}, {f['high']:.3g}]"
+        p = "" if not np.isfinite(f["p_value"]) else f", p={f['p_value']:.3g}"
+        measure = "" if f["measure"] == LOSS else f" ({f['measure']})"
+        lines.append(f"  {f['finding']} {f['scope']}{measure}: {f['verdict']} ({f['statistic']} {f['value']:.3g}"
+                     f"{interval}{p}, n={f['n']}; {f['detail']})")
+    return lines
+
+
+def _cell(f: pd.Series) -> str:
+    value = f"{f['value']:.3g}" if np.isfinite(f["value"]) else "-"
+    interval = f" [{f['low']:.3g}, {f['high']:.3g}]" if np.isfinite(f["low"]) else ""
+    return f"**{f['verdict']}** {value}{interval}"
+
+
+def markdown(findings: pd.DataFrame, source: str, retention: pd.DataFrame | None = None) -> str:
+    """findings.md: the README's findings section, generated (`source` says which runs and command): per
+    finding, one row per scope and measure, one column per seed set and one overall; then the task
+    retention table when given."""
+    sets = list(dict.fromkeys(findings["seed_set"]))
+    lines = [f"Generated by `make frontier` from {source}. Verdicts: holds, does not hold, undecided at this size; "
+             "each cell: verdict, statistic, 95% interval. The rules are in `analysis/findings.py` and the README; "
+             + ("the overall verdict is the seed sets' common verdict, undecided where they differ; its numbers pool "
+                "every run." if len(sets) > 1 else "one seed set: no verdict here is replicated yet."), ""]
+    for finding, rows in findings.groupby("finding", sort=False):
+        header = " | ".join(s if s != ALL_SEEDS or len(sets) == 1 else "overall" for s in sets)
+        lines += [f"**{CLAIMS.get(finding, finding)}** (`{finding}`)", "",
+                  f"| scope | measure | statistic | {header} | runs | detail (overall) |",
+                  "|---" * (len(sets) + 5) + "|"]
+        for (scope, measure), group in rows.groupby(["scope", "measure"], sort=False):
+            by_set = group.set_index("seed_set")
+            overall = by_set.loc[ALL_SEEDS]
+            cells = " | ".join(_cell(by_set.loc[s]) if s in by_set.index else "-" for s in sets)
+            lines.append(f"| {scope} | {measure} | {overall['statistic']} | {cells} | {overall['n']} | "
+                         f"{overall['detail']} |")
+        lines.append("")
+    if retention is not None and len(retention):
+        lines += ["**Where each width loses each task** (`task_retention.csv`): per density, the seeds whose model solves "
+                  "the task at the target (full-model held-out loss); kept to: the sparsest density down to which every "
+                  "seed solves it; lost at: the densest density where a seed does not.", "",
+                  "| task | width | kept to | lost at | solved seeds by density |", "|---|---|---|---|---|"]
+        for _, r in retention.iterrows():
+            kept, lost = (f"{r[c]:g}" if np.isfinite(r[c]) else "-" for c in ("kept_to", "lost_at"))
+            lines.append(f"| {r['task']} | x{r['width']:g} | {kept} | {lost} | {r['solved_seeds']} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def task_retention(tasks: pd.DataFrame) -> pd.DataFrame:
@@ -138,90 +374,6 @@ def task_retention(tasks: pd.DataFrame) -> pd.DataFrame:
                      "lost_at": lost.max() if len(lost) else math.nan,
                      "solved_seeds": " ".join(f"{d:g}:{s:.0f}/{c:.0f}" for d, (s, c) in by_density.iterrows())})
     return pd.DataFrame(rows, columns=["task", "width", "kept_to", "lost_at", "solved_seeds"])
-
-
-def findings_table(runs: pd.DataFrame, edges: pd.Series, points: pd.DataFrame) -> pd.DataFrame:
-    """Every finding of the experiment, one row per scope."""
-    rows = edges_fall_with_density(runs, edges) + wider_at_fixed_nonzeros(runs, edges, points) + collapse_onset(points)
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def describe(findings: pd.DataFrame) -> list[str]:
-    """The lines the analysis prints: one per row, verdict first."""
-    lines = []
-    for _, f in findings.iterrows():
-        interval = "" if not np.isfinite(f["low"]) else f" [{f['low']:.3g}, {f['high']:.3g}]"
-        p = "" if not np.isfinite(f["p_value"]) else f", p={f['p_value']:.3g}"
-        lines.append(f"  {f['finding']} {f['scope']}: {f['verdict']} ({f['statistic']} {f['value']:.3g}{interval}"
-                     f"{p}, n={f['n']}; {f['detail']})")
-    return lines
-
-
-CLAIMS = {"edges_fall_with_density": "circuit edges fall as density falls",
-          "wider_at_fixed_nonzeros": "at a fixed nonzero count, the wider model has the lower loss and the smaller circuit",
-          "collapse_onset": "the collapse regime appears"}
-
-
-def markdown(findings: pd.DataFrame, source: str, retention: pd.DataFrame | None = None) -> str:
-    """findings.md: the README's findings section, generated (`source` says which runs and command),
-    with the task retention table when given."""
-    lines = [f"Generated by `make frontier` from {source}. Verdicts: holds, does not hold, undecided at this "
-             "size (intervals: Welch 95% over seeds; p: permutation test of Spearman's rho, exact up to 8 runs).", ""]
-    for finding, rows in findings.groupby("finding", sort=False):
-        lines += [f"**{CLAIMS.get(finding, finding)}** (`{finding}`)", "",
-                  "| scope | verdict | statistic | value | 95% interval | p | runs | detail |", "|---|---|---|---|---|---|---|---|"]
-        for _, f in rows.iterrows():
-            interval = f"[{f['low']:.3g}, {f['high']:.3g}]" if np.isfinite(f["low"]) else "-"
-            p = f"{f['p_value']:.3g}" if np.isfinite(f["p_value"]) else "-"
-            value = f"{f['value']:.3g}" if np.isfinite(f["value"]) else "-"
-            lines.append(f"| {f['scope']} | **{f['verdict']}** | {f['statistic']} | {value} | {interval} | {p} | "
-                         f"{f['n']} | {f['detail']} |")
-        lines.append("")
-    if retention is not None and len(retention):
-        lines += ["**Where each width loses each task** (`task_retention.csv`): per density, the seeds whose model solves "
-                  "the task at the target (full-model held-out loss); kept to: the sparsest density down to which every "
-                  "seed solves it; lost at: the densest density where a seed does not.", "",
-                  "| task | width | kept to | lost at | solved seeds by density |", "|---|---|---|---|---|"]
-        for _, r in retention.iterrows():
-            kept, lost = (f"{r[c]:g}" if np.isfinite(r[c]) else "-" for c in ("kept_to", "lost_at"))
-            lines.append(f"| {r['task']} | x{r['width']:g} | {kept} | {lost} | {r['solved_seeds']} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _row(finding, scope, statistic, value, low=math.nan, high=math.nan, p=math.nan, n=0, verdict=UNDECIDED,
-         detail="") -> dict:
-    return {"finding": finding, "scope": scope, "statistic": statistic, "value": value, "low": low, "high": high,
-            "p_value": p, "n": int(n), "verdict": verdict, "detail": detail}
-
-
-def _finite(values) -> np.ndarray:
-    v = np.asarray(values, dtype=float)
-    return v[np.isfinite(v) & (v > 0)]
-
-
-def _welch(a, b) -> tuple[float, float, float, float, int]:
-    """Mean of a - mean of b, its Welch 95% interval and p-value, and the runs used; NaN interval
-    when either side has fewer than two values or neither varies."""
-    a, b = (np.asarray(x, dtype=float) for x in (a, b))
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    n = len(a) + len(b)
-    if not len(a) or not len(b):
-        return math.nan, math.nan, math.nan, math.nan, n
-    diff = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
-        return diff, math.nan, math.nan, math.nan, n
-    test = stats.ttest_ind(a, b, equal_var=False)
-    low, high = test.confidence_interval(CONFIDENCE)
-    return diff, float(low), float(high), float(test.pvalue), n
-
-
-def _better_if_below(estimate: tuple, zero: float) -> str:
-    """The wider model is better when the whole interval lies below zero; worse when above."""
-    _, low, high, _, _ = estimate
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return UNDECIDED
-    return HOLDS if high < zero else FAILS if low > zero else UNDECIDED
 
 
 def _values(values, spec: str = "g") -> str:

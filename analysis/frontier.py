@@ -13,11 +13,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats  # a dependency of mlflow
 
-from analysis.load import BASE_WIDTH, DENSITY, SEED, WIDTH, AnalysisError
+from analysis.load import BASE_WIDTH, DENSITY, SEED, SEED_OFFSET, WIDTH, AnalysisError
 from sweep import names, points
 
 CONFIDENCE = 0.95
 CONTROL_TASK = names.CONTROL  # the nonsense control: never part of a geomean
+# Circuit size by two measures, each a per-task column: `target`, the edges of the smallest circuit at the
+# target loss where the full model reaches it (the paper's); `f80`, the edges of the smallest circuit keeping
+# 80% of the full model's ability, wherever the model has it (names.CIRCUIT_PER_TASK).
+MEASURES = {"target": "edges", "f80": "edges_at_f80"}
 # Fixed, so that two sweeps' hypervolumes compare: a loss worse than unigram (3.35 nats/byte on
 # the stdlib corpus) or a circuit of a million edges is worth nothing.
 HV_REFERENCE = (3.5, 1e6)
@@ -28,7 +32,7 @@ IDENTITY_COLUMNS = ("run_id", "run_name", "parent_run_id", "config_hash", "stage
 def variant_columns(runs: pd.DataFrame) -> list[str]:
     """Params other than width, density and seed that differ between runs: they tell points apart too."""
     params = [c for c in runs.columns if "/" not in c and c not in IDENTITY_COLUMNS
-              and c not in (WIDTH, DENSITY, SEED, *points.DERIVED_KEYS) and not points.is_where_key(c)]
+              and c not in (WIDTH, DENSITY, SEED, SEED_OFFSET, *points.DERIVED_KEYS) and not points.is_where_key(c)]
     return sorted(c for c in params if runs[c].astype(str).nunique(dropna=False) > 1)
 
 
@@ -80,13 +84,26 @@ def common_tasks(tasks: pd.DataFrame) -> list[str]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
-def run_edges(runs: pd.DataFrame, tasks: pd.DataFrame, restrict: list[str] | None) -> pd.Series:
-    """Each run's circuit size: its logged edges geomean, or the geomean over the `restrict` tasks."""
-    if restrict is None:
-        logged = runs[names.EDGES_GEOMEAN] if names.EDGES_GEOMEAN in runs else pd.Series(math.nan, index=runs.index)
-        return logged.astype(float)
-    chosen = tasks[tasks["task"].isin(restrict) & (tasks["solved"] == 1)]
-    per_run = chosen.groupby("run_id")["edges"].apply(lambda e: names.geomean(e) if len(e) == len(restrict) else math.nan)
+def with_circuit(tasks: pd.DataFrame, measure: str = "target") -> pd.DataFrame:
+    """The (run, task) rows with a circuit by the measure (the control left out), its size in `size`."""
+    column = MEASURES[measure]
+    if column not in tasks or not len(tasks):
+        return tasks.iloc[:0].assign(size=pd.Series(dtype=float))
+    size = pd.to_numeric(tasks[column], errors="coerce")
+    if measure == "target":
+        size = size.where(tasks["solved"] == 1)
+    keep = (tasks["task"] != CONTROL_TASK) & np.isfinite(size)
+    return tasks[keep].assign(size=size[keep])
+
+
+def run_edges(runs: pd.DataFrame, tasks: pd.DataFrame, restrict: list[str] | None, measure: str = "target") -> pd.Series:
+    """Each run's circuit size by the measure: the geomean over its tasks with a circuit, or over the
+    `restrict` tasks (NaN unless it has all of them)."""
+    chosen = with_circuit(tasks, measure)
+    if restrict is not None:
+        chosen = chosen[chosen["task"].isin(restrict)]
+    need = len(restrict) if restrict is not None else 1
+    per_run = chosen.groupby("run_id")["size"].apply(lambda e: names.geomean(e) if len(e) >= need else math.nan)
     return runs["run_id"].map(per_run).astype(float)
 
 
@@ -124,15 +141,20 @@ def aggregate_points(runs: pd.DataFrame, edges: pd.Series) -> pd.DataFrame:
     return points.sort_values(["width", "series", "density"], ascending=[True, True, False], ignore_index=True)
 
 
-def task_points(runs: pd.DataFrame, tasks: pd.DataFrame) -> pd.DataFrame:
-    """One row per (grid point, task): edges over the seeds that solved it (geometric mean)."""
+def task_points(runs: pd.DataFrame, tasks: pd.DataFrame, measure: str = "target") -> pd.DataFrame:
+    """One row per (grid point, task): edges by the measure over the seeds with a circuit (geometric mean);
+    `n_solved`: the seeds with a circuit by the measure (by `target`: the seeds that solved it)."""
     merged = tasks.merge(runs[["run_id", "point"]], on="run_id")
+    sized = with_circuit(merged, measure) if len(merged) else merged.assign(size=pd.Series(dtype=float))
+    if measure == "target" and len(merged):  # the control's circuit counts here, as solved
+        control = merged[(merged["task"] == CONTROL_TASK) & (merged["solved"] == 1)]
+        sized = pd.concat([sized, control.assign(size=control["edges"].astype(float))])
     rows = []
     for (point, task), group in merged.groupby(["point", "task"], sort=False):
-        solved = group[group["solved"] == 1]
+        circuit = sized[(sized["point"] == point) & (sized["task"] == task)]
         rows.append({"point": point, "task": task, "width": group[WIDTH].iloc[0], "density": group[DENSITY].iloc[0],
-                     "n_seeds": len(group), "n_solved": len(solved),
-                     "edges": geo_mean_ci(solved["edges"])[0], "full_loss": group["full_loss"].astype(float).mean()})
+                     "n_seeds": len(group), "n_solved": len(circuit),
+                     "edges": geo_mean_ci(circuit["size"])[0], "full_loss": group["full_loss"].astype(float).mean()})
     return pd.DataFrame(rows, columns=["point", "task", "width", "density", "n_seeds", "n_solved", "edges", "full_loss"])
 
 

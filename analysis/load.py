@@ -29,6 +29,7 @@ WIDTH = "model.width_mult"
 BASE_WIDTH = "model.base_width"
 DENSITY = "sparsity.density"
 SEED = "seed"
+SEED_OFFSET = "seed_offset"  # a run's seed set: the grid's seeds shifted by it
 METHOD_PARAM = "prune.method"
 TOKENIZER_PARAM = "data.tokenizer"
 STAGES = (names.STAGE_TRAIN, names.STAGE_PRUNE)
@@ -221,7 +222,7 @@ def normalise(table: pd.DataFrame) -> pd.DataFrame:
                 table[column] = pd.to_numeric(table[column])
             except (TypeError, ValueError):
                 pass
-    for column, default in ((WIDTH, 1.0), (DENSITY, 1.0), (SEED, 0.0)):  # a run logged without an axis: its default
+    for column, default in ((WIDTH, 1.0), (DENSITY, 1.0), (SEED, 0.0), (SEED_OFFSET, 0.0)):  # a run logged without an axis: its default
         table[column] = pd.to_numeric(table[column]).astype(float).fillna(default) if column in table else default
     return table
 

@@ -86,10 +86,14 @@ CIRCUIT_PER_TASK = ("nodes", "edges", "loss", "full_loss", "solved", "necessity_
                     "nodes_before_pass",  # the bisection's prefix, before the minimality pass
                     "nodes_restart_median",  # median over the method's rankings (restarts, penalties) of the bisection's nodes
                     "cue_distance",  # tokens before the last one where the two prompts of a pair first differ (median)
-                    "empty_loss")  # every node ablated: what the ablation values and the bigram table do alone
+                    "empty_loss",  # every node ablated: what the ablation values and the bigram table do alone
+                    "faithfulness",  # f of the target circuit: (empty_loss - loss) / (empty_loss - full_loss)
+                    "nodes_at_f80", "edges_at_f80",  # the smallest circuit found with f >= prune.faithfulness
+                    "cpr", "cmd")  # MIB's areas under f and under |1 - f| over the kept fractions of edges
 EDGES_GEOMEAN = "circuit/edges_geomean"  # the geomean (below) of the solved tasks' edges
 LOG10_EDGES_GEOMEAN = "circuit/log10_edges_geomean"  # the same on the frontier's axis: a UI chart has no log scale
 NODES_GEOMEAN = "circuit/nodes_geomean"
+EDGES_AT_F80_GEOMEAN = "circuit/edges_at_f80_geomean"  # the geomean of edges_at_f80 over the tasks where f is measurable
 TASKS_SOLVED_FRAC = "circuit/tasks_solved_frac"
 CONTROL = "control"  # the nonsense control: its task name, metric keys, artifacts and the analysis's tables
 CONTROL_EDGES = f"circuit/{CONTROL}/edges"
@@ -115,6 +119,7 @@ def parse_circuit_metric(key: str) -> tuple[str, str] | None:
 
 
 def circuit_artifact(task: str, suffix: str) -> str:
+    """`circuits/<task>.<suffix>`: json, png, svg, html (the circuit), curve.json and curve.png (its faithfulness)."""
     return f"circuits/{task}.{suffix}"
 
 

@@ -14,7 +14,7 @@ from sweep.corpus import source_hash  # reads a corpus's files once per process 
 # its label and the analysis's comparison of settings. Paths are here; what they point to is not
 # (the corpus and the task templates count by content, below).
 WHERE_KEYS = ("tracking", "hydra", "train.device", "train.threads", "data.cache_dir", "tasks.template_dir")
-AXIS_KEYS = ("model.width_mult", "sparsity.density", "seed")
+AXIS_KEYS = ("model.width_mult", "sparsity.density", "seed", "seed_offset")
 DERIVED_KEYS = ("model.d_model",)  # params a run logs that follow from others (`run_params`): never a variant
 CORPUS_KEY = "data.corpus"  # in the identity: the content hash of the files data.source reads
 TEMPLATES_KEY = "tasks.templates"  # in the identity: the content hash of the YAML tasks in tasks.template_dir
@@ -41,10 +41,19 @@ def flatten(cfg: DictConfig) -> dict[str, object]:
     return out
 
 
+def run_seed(cfg) -> int:
+    """The seed a job trains and prunes with: `seed` shifted by `seed_offset` (which shifts every seed of a
+    grid: `seed_offset=3` runs seeds 3-5 where the grid says 0-2)."""
+    return int(cfg.seed) + int(cfg.get("seed_offset", 0) or 0)
+
+
 def identity(cfg: DictConfig) -> dict[str, object]:
     """What a job computes: the resolved config without its where keys, with the corpus and the task
-    templates by content, so that two checkouts at different paths (or another cache folder) agree."""
+    templates by content, so that two checkouts at different paths (or another cache folder) agree; the
+    seed is the one it runs with (`seed=3` and `seed=0 seed_offset=3` are one point)."""
     flat = {k: v for k, v in flatten(cfg).items() if not is_where_key(k)}
+    if "seed" in flat:
+        flat["seed"], _ = run_seed(cfg), flat.pop("seed_offset", None)
     if "data.source" in flat:
         flat[CORPUS_KEY] = source_hash(str(flat.pop("data.source")))
     if (template_dir := OmegaConf.select(cfg, "tasks.template_dir")) is not None:
@@ -57,6 +66,8 @@ def run_params(cfg: DictConfig) -> dict[str, object]:
     config.yaml keeps them), the corpus and the task templates by content hash, and `model.d_model`."""
     params = {k: v for k, v in flatten(cfg).items() if not _is_machine_path(v)}
     params.update({k: v for k, v in identity(cfg).items() if k in (CORPUS_KEY, TEMPLATES_KEY)})
+    if "seed" in params:  # the seed it ran with; seed_offset stays beside it (the analysis's seed set)
+        params["seed"] = run_seed(cfg)
     if OmegaConf.select(cfg, "model") is not None:
         params["model.d_model"] = d_model(cfg.model)
     return params
@@ -103,7 +114,7 @@ def point_label(cfg: DictConfig, overrides=(), with_seed: bool = True) -> str:
     seed (`w2-d0.06 lr=0.005`) it names the point over its seeds."""
     extras = [_short(o) for o in overrides if "=" in o and not is_where_key(o.split("=", 1)[0])
               and o.split("=", 1)[0].lstrip("+~") not in (*AXIS_KEYS, "experiment")]
-    seed = cfg.seed if with_seed else None
+    seed = run_seed(cfg) if with_seed else None
     return " ".join([label(cfg.model.width_mult, cfg.sparsity.density, seed), *extras])
 
 

@@ -10,7 +10,7 @@ import torch
 
 from sweep.science.model import GPT
 from sweep.names import node_name
-from sweep.circuits.prune import node_sites
+from sweep.circuits.prune import node_sites, split_sites
 
 # (source location, destination location, weight matrix of the block): the edges inside a block.
 EDGE_MATRICES = (("attn.in", "attn.q", "q"), ("attn.in", "attn.k", "k"), ("attn.in", "attn.v", "v"),
@@ -55,6 +55,35 @@ def circuit_edges(model: GPT, nodes: list[str], input_tokens: set[int], output_t
     return edges
 
 
+class EdgeCounter:
+    """The edge count of many node sets at once, as `circuit_edges` counts them (a test holds the two
+    equal): the nonzero pattern of every matrix is read once, then each set costs a few matrix products."""
+
+    @torch.no_grad()
+    def __init__(self, model: GPT, input_tokens: set[int], output_tokens: set[int]):
+        self.sites = node_sites(model)
+        self.n_layer = model.shape.n_layer
+        self.inner = [(layer, src, dst, (getattr(block, matrix).weight != 0).float().cpu())
+                      for layer, block in enumerate(model.blocks) for src, dst, matrix in EDGE_MATRICES]
+        embed, unembed = model.tok_emb.weight.cpu(), model.unembed.weight.cpu()
+        tokens_in, tokens_out = sorted(input_tokens), sorted(output_tokens)
+        self.embed_fan = (embed[tokens_in] != 0).float().sum(dim=0)  # per residual channel: input tokens writing it
+        self.unembed_fan = (unembed[tokens_out] != 0).float().sum(dim=0)  # ...and answer tokens reading it
+
+    @torch.no_grad()
+    def count(self, keeps: torch.Tensor) -> list[int]:
+        """Edges of each node set, (B, n_nodes) bool in `node_sites` order -> B counts."""
+        kept = split_sites(self.sites, keeps.float().cpu())
+        total = torch.zeros(len(keeps))
+        for layer, src, dst, nonzero in self.inner:
+            total += ((kept[(layer, dst)] @ nonzero) * kept[(layer, src)]).sum(dim=1)
+        layers = range(self.n_layer)
+        read = torch.stack([kept[(layer, loc)] for layer in layers for loc in READS]).amax(dim=0)
+        written = torch.stack([kept[(layer, loc)] for layer in layers for loc in WRITES]).amax(dim=0)
+        total += read @ self.embed_fan + written @ self.unembed_fan
+        return [int(round(v)) for v in total.tolist()]
+
+
 def circuit_record(task: str, values: dict, reason: str | None, target_loss: float, ablation: str, method: str,
                    nodes: list[str], edges: list[Edge]) -> dict:
     """The JSON record of one task's circuit: the summary first (solved or why not, losses, sizes,
@@ -71,7 +100,34 @@ def circuit_record(task: str, values: dict, reason: str | None, target_loss: flo
             "cue_distance": number("cue_distance"), "ablation": ablation, "method": method,
             "beats_model": values["beats_model"] == 1, "nodes_before_pass": number("nodes_before_pass"),
             "nodes_restart_median": number("nodes_restart_median"),
+            **{key: number(key) for key in FAITHFULNESS_KEYS if key in values},
             "nodes": list(nodes), "edges": [list(e) for e in edges]}
+
+
+FAITHFULNESS_KEYS = ("faithfulness", "nodes_at_f80", "edges_at_f80", "cpr", "cmd")
+
+
+def curve_record(task: str, found, target_circuit, values: dict, cfg) -> dict:
+    """The JSON record of one task's faithfulness curve (`circuits/<task>.curve.json`): the baselines, the
+    target and f80 circuits, CPR and CMD with their ladder, then every evaluated node set, one per line."""
+    def finite(x):
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+    def point(nodes, edges, loss):
+        return None if finite(nodes) is None else {"nodes": int(nodes), "edges": int(edges), "loss": loss,
+                                                    "f": finite(found.f(loss))}
+
+    return {"task": task, "measurable": found.measurable, "full_loss": found.baseline.full,
+            "empty_loss": found.baseline.empty, "faithfulness_margin": float(cfg.faithfulness_margin),
+            "faithfulness_threshold": float(cfg.faithfulness), "threshold_loss": finite(found.threshold_loss),
+            "target_loss": float(cfg.target_loss),
+            "target_circuit": point(values["nodes"], values["edges"], target_circuit.loss),
+            "f80_circuit": point(values["nodes_at_f80"], values["edges_at_f80"], found.circuit.loss),
+            "cpr": finite(found.cpr), "cmd": finite(found.cmd),
+            "ladder": [{"fraction": p.fraction, "nodes": p.nodes, "edges": p.edges, "loss": p.loss, "f": p.f}
+                       for p in found.ladder],
+            "curve_columns": ["nodes", "edges", "loss", "search"],
+            "curve": [list(c) for c in found.curve]}
 
 
 def write_json(path: Path, record: dict) -> None:

@@ -15,10 +15,16 @@ from sweep.circuits.prune import Batch, Evaluator, Site
 METHODS = {"mask": prune_mask.rank, "attribution": prune_attribution.rank}
 
 
+def rank_nodes(model: GPT, train: list[Batch], means: dict[Site, torch.Tensor] | None,
+               cfg: DictConfig) -> list[list[torch.Tensor]]:
+    """Per task, the score vectors of `cfg.method` (a prune config): one ranking of every node each."""
+    model.eval()
+    return METHODS[cfg.method](model, train, means, cfg)
+
+
 def find_circuits(model: GPT, train: list[Batch], heldout: list[Batch], means: dict[Site, torch.Tensor] | None,
                   cfg: DictConfig) -> tuple[list[Circuit], Evaluator]:
-    """Every task's smallest circuit by `cfg.method` (a prune config); the evaluator knows the node names."""
-    model.eval()
-    rankings = METHODS[cfg.method](model, train, means, cfg)
+    """Every task's smallest circuit at the target; the evaluator knows the node names."""
+    rankings = rank_nodes(model, train, means, cfg)
     evaluator = Evaluator(model, heldout, means)
     return smallest_circuits(rankings, evaluator.losses, cfg.target_loss, cfg.passes), evaluator

@@ -24,7 +24,8 @@ FIRST_WINDOW, MAX_WINDOW = 4, 64  # trials per round of the minimality pass (gro
 class Found:
     keep: torch.Tensor | None  # (n_nodes,) bool; None when even the whole model misses the target
     loss: float  # held-out loss of `keep` (of the whole model when None)
-    order: list[int] = field(default_factory=list)  # the ranking, best first
+    order: list[int] = field(default_factory=list)  # the prefix of the ranking, best first
+    ranking: list[int] = field(default_factory=list)  # the whole ranking, best first
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Circuit:
     loss: float
     nodes_before_pass: float  # the bisection's prefix that the circuit came from (NaN: unsolved)
     prefix_sizes: list[int] = field(default_factory=list)  # the bisection's prefix of every ranking that solved
+    ranking: list[int] = field(default_factory=list)  # the whole ranking the circuit came from, best first
 
     @property
     def solved(self) -> bool:
@@ -51,7 +53,7 @@ def bisection(scores: torch.Tensor, target: float) -> Search:
     order = torch.argsort(-scores, stable=True).tolist()
     (loss,) = yield [_first(order, n, n)]
     if loss > target:
-        return Found(None, loss)
+        return Found(None, loss, ranking=order)
     low, high = 0, n  # the smallest k reaching the target lies in [low, high]
     while low < high:
         mid = (low + high) // 2
@@ -60,7 +62,7 @@ def bisection(scores: torch.Tensor, target: float) -> Search:
             high, loss = mid, mid_loss
         else:
             low = mid + 1
-    return Found(_first(order, high, n), loss, order[:high])
+    return Found(_first(order, high, n), loss, order[:high], order)
 
 
 def _first(order: list[int], k: int, n: int) -> torch.Tensor:
@@ -140,24 +142,32 @@ def run_searches(searches: list[tuple[int, Search]], losses: Losses) -> list[Fou
     return found
 
 
-def smallest_circuits(rankings: list[list[torch.Tensor]], losses: Losses, target: float, passes: int = 1) -> list[Circuit]:
+def smallest_circuits(rankings: list[list[torch.Tensor]], losses: Losses, target: float | list[float | None],
+                      passes: int = 1) -> list[Circuit]:
     """Per task: bisection on each of its rankings, the minimality pass on the `passes` smallest
-    prefixes; the task's circuit is the smallest result (then the lowest loss)."""
-    found = run_searches([(task, bisection(scores, target)) for task, ranks in enumerate(rankings) for scores in ranks], losses)
-    per_task, whole_model_loss, at = [], [], 0
-    for ranks in rankings:
-        per_task.append(sorted((f for f in found[at:at + len(ranks)] if f.keep is not None),
-                               key=lambda f: (len(f.order), f.loss)))
-        whole_model_loss.append(found[at].loss)
+    prefixes; the task's circuit is the smallest result (then the lowest loss). `target` is one loss
+    for every task or one per task; a task whose target is None is not searched (no circuit, loss NaN)."""
+    targets = list(target) if isinstance(target, (list, tuple)) else [target] * len(rankings)
+    searched = [task for task, t in enumerate(targets) if t is not None]
+    found = run_searches([(task, bisection(scores, targets[task])) for task in searched for scores in rankings[task]],
+                         losses)
+    per_task, whole_model_loss, at = {}, {}, 0
+    for task in searched:
+        ranks = rankings[task]
+        per_task[task] = sorted((f for f in found[at:at + len(ranks)] if f.keep is not None),
+                                key=lambda f: (len(f.order), f.loss))
+        whole_model_loss[task] = found[at].loss
         at += len(ranks)
-    chosen = [(task, f) for task, prefixes in enumerate(per_task) for f in prefixes[:passes]]
-    passed = run_searches([(task, minimality_pass(f, target)) for task, f in chosen], losses)
+    chosen = [(task, f) for task, prefixes in per_task.items() for f in prefixes[:passes]]
+    passed = run_searches([(task, minimality_pass(f, targets[task])) for task, f in chosen], losses)
     circuits = []
-    for task, prefixes in enumerate(per_task):
+    for task in range(len(rankings)):
+        prefixes = per_task.get(task)
         if not prefixes:
-            circuits.append(Circuit(None, whole_model_loss[task], float("nan")))
+            circuits.append(Circuit(None, whole_model_loss.get(task, float("nan")), float("nan")))
             continue
-        results = [(int(p.keep.sum()), p.loss, len(f.order), p.keep) for (t, f), p in zip(chosen, passed) if t == task]
-        size, loss, before, keep = min(results, key=lambda r: r[:2])
-        circuits.append(Circuit(keep, loss, float(before), [len(f.order) for f in prefixes]))
+        results = [(int(p.keep.sum()), p.loss, len(f.order), p.keep, f.ranking)
+                   for (t, f), p in zip(chosen, passed) if t == task]
+        size, loss, before, keep, ranking = min(results, key=lambda r: r[:2])
+        circuits.append(Circuit(keep, loss, float(before), [len(f.order) for f in prefixes], ranking))
     return circuits

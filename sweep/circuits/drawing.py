@@ -282,3 +282,49 @@ def _group_arrows(canvas: _Canvas, centre: dict, links: dict) -> None:
         x, y = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + (10 if start[1] == end[1] else 0)
         canvas.ax.text(x, y, f"{count} · {total:.3g}", fontsize=8,
                        ha="center", va="center", zorder=3, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+
+
+SEARCH_COLOURS = {"target": "#999999", "f80": "#56B4E9", "ladder": "#E69F00"}  # the baselines are lines
+
+
+def draw_curve(path: Path, curve: dict) -> Path:
+    """A task's faithfulness curve (`curve_record`) as a PNG: held-out task loss against circuit edges of
+    every node set the searches evaluated, the ladder of edge fractions (CPR, CMD), the full and empty
+    losses (f = 1 and 0), the target and the f80 loss, and the two circuits chosen."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for search, colour in SEARCH_COLOURS.items():
+        points = [(edges, loss) for _, edges, loss, s in curve["curve"] if s == search and search != "ladder"]
+        if points:
+            ax.scatter(*zip(*points), s=6, color=colour, alpha=0.6, lw=0, label=f"evaluated by the {search} search")
+    if curve["ladder"]:
+        ax.plot([p["edges"] for p in curve["ladder"]], [p["loss"] for p in curve["ladder"]], "o-", ms=3, lw=1,
+                color=SEARCH_COLOURS["ladder"], label="ranking prefixes at the edge fractions (CPR, CMD)")
+    lines = [(curve["full_loss"], "-", "#000000", "full model (f = 1)"),
+             (curve["empty_loss"], "-", "#777777", "every node ablated (f = 0)"),
+             (curve["target_loss"], "--", "#D55E00", "target loss")]
+    if curve["threshold_loss"] is not None:
+        lines.append((curve["threshold_loss"], ":", "#0072B2", f"f = {curve['faithfulness_threshold']:g}"))
+    for y, style, colour, label in lines:
+        ax.axhline(y, ls=style, lw=0.9, color=colour, label=f"{label}: {y:.3f}")
+    for key, marker, colour, label in (("target_circuit", "*", "#D55E00", "circuit at the target"),
+                                       ("f80_circuit", "D", "#0072B2", "circuit at f >= threshold")):
+        if curve[key] is not None:
+            ax.plot(curve[key]["edges"], curve[key]["loss"], marker, ms=9, color=colour, mec="black", mew=0.5,
+                    label=f"{label}: {curve[key]['edges']:,} edges")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("circuit edges")
+    ax.set_ylabel("held-out task loss (nats)")
+    if curve["measurable"]:
+        measures = f"CPR {curve['cpr']:.3f}, CMD {curve['cmd']:.3f}" if curve["cpr"] is not None else ""
+    else:
+        gap = min(curve["empty_loss"], math.log(2)) - curve["full_loss"]
+        measures = (f"f not measured: the full model beats the empty circuit and chance by {gap:.3f} < "
+                    f"{curve['faithfulness_margin']:g} nats")
+    ax.set_title(f"{curve['task']}: loss against circuit size; {measures}", fontsize=FONT)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.set_size_inches(9.6, 4.0)
+    fig.savefig(path, dpi=DPI)
+    return path

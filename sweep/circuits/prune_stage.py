@@ -12,12 +12,14 @@ from omegaconf import DictConfig, ListConfig
 
 from sweep import names
 from sweep.circuits import tasks
-from sweep.circuits.circuit import circuit_edges, circuit_record, write_json
-from sweep.circuits.drawing import draw
+from sweep.circuits.circuit import EdgeCounter, circuit_edges, circuit_record, curve_record, write_json
+from sweep.circuits.drawing import draw, draw_curve
 from sweep.science.data import eval_windows
-from sweep.circuits.discovery import METHODS, find_circuits
-from sweep.circuits.discretise import Circuit
+from sweep.circuits.discovery import METHODS, rank_nodes
+from sweep.circuits.discretise import Circuit, smallest_circuits
+from sweep.circuits.faithfulness import TARGET, Baseline, Faithfulness, TrialLog, measure
 from sweep.errors import ConfigError
+from sweep.points import run_seed
 from sweep.science.model import GPT
 from sweep.circuits.prune import ABLATIONS, Evaluator, node_means, node_names
 from sweep.circuits.prune_mask import GATES
@@ -53,6 +55,16 @@ def check_prune_config(cfg: DictConfig) -> None:
     for key in ("restarts", "passes", "attribution_steps"):
         if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
             raise ConfigError(f"prune.{key}", p[key], "must be an integer >= 1")
+    if not _positive(p.faithfulness) or p.faithfulness >= 1:
+        raise ConfigError("prune.faithfulness", p.faithfulness, "must be a number in (0, 1): the fraction of the "
+                                                                "full model's ability a circuit keeps")
+    if not (_positive(p.faithfulness_margin) or p.faithfulness_margin == 0) or isinstance(p.faithfulness_margin, bool):
+        raise ConfigError("prune.faithfulness_margin", p.faithfulness_margin, "must be a number >= 0 (nats)")
+    fractions = list(p.curve_fractions) if isinstance(p.curve_fractions, ListConfig) else None
+    if (not fractions or not all(_positive(x) and x <= 1 for x in fractions)
+            or any(a >= b for a, b in zip(fractions, fractions[1:]))):
+        raise ConfigError("prune.curve_fractions", p.curve_fractions,
+                          "must be a non-empty list of fractions in (0, 1], strictly increasing")
     temperature = list(p.temperature) if isinstance(p.temperature, ListConfig) else None
     if not temperature or len(temperature) != 2 or not all(_positive(t) for t in temperature):
         raise ConfigError("prune.temperature", p.temperature, "must be [start, end], two numbers > 0")
@@ -63,7 +75,7 @@ def check_tasks(cfg: DictConfig, tokenizer: Tokenizer = BYTES) -> None:
     """Every task of the suite and the control exists, fits, and has single-token answers under the
     tokenizer (a BPE is known only once the corpus is loaded: the job checks again then)."""
     for name in [*task_names(cfg.tasks), tasks.CONTROL]:
-        tasks.check_task(name, cfg.model.n_ctx, cfg.seed, cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.tasks.preamble,
+        tasks.check_task(name, cfg.model.n_ctx, run_seed(cfg), cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.tasks.preamble,
                          tokenizer)
 
 
@@ -71,30 +83,41 @@ def _positive(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+def task_tokens(task_set: tasks.TaskSet, tokenizer: Tokenizer) -> tuple[set[int], set[int]]:
+    """The tokens of a task's prompts and its answers' first tokens: the embedding and unembedding ends of edges."""
+    examples = task_set.train + task_set.heldout
+    return ({t for e in examples for t in tokenizer.encode(e.prompt)},
+            {tokenizer.encode(e.target)[0] for e in examples})
+
+
 def judge(model: GPT, task_set: tasks.TaskSet, task: int, circuit: Circuit, evaluator: Evaluator, target_loss: float,
-          tokenizer: Tokenizer = BYTES):
+          baseline: Baseline, tokens: tuple[set[int], set[int]]):
     """A circuit's size and honesty checks (per-task metric values), its node names and its edges."""
     is_control = task_set.name == tasks.CONTROL
-    everything = torch.ones(evaluator.n_nodes, dtype=torch.bool)
-    full_loss, empty_loss = evaluator.losses([(task, everything), (task, ~everything)])
-    values = {"loss": circuit.loss, "full_loss": full_loss, "empty_loss": empty_loss,
-              "cue_distance": tasks.cue_distance(task_set, tokenizer)}
+    values = {"loss": circuit.loss, "full_loss": baseline.full, "empty_loss": baseline.empty}
     if not circuit.solved:
         nan = math.nan
-        return {**values, "nodes": nan, "edges": nan, "solved": 0.0, "necessity_loss": full_loss, "beats_model": 0.0,
-                "nodes_before_pass": nan, "nodes_restart_median": nan}, [], []
+        return {**values, "nodes": nan, "edges": nan, "solved": 0.0, "necessity_loss": baseline.full,
+                "beats_model": 0.0, "nodes_before_pass": nan, "nodes_restart_median": nan}, [], []
     nodes = node_names(evaluator.sites, circuit.keep)
-    examples = task_set.train + task_set.heldout
-    inputs = {t for e in examples for t in tokenizer.encode(e.prompt)}
-    answers = {tokenizer.encode(e.target)[0] for e in examples}
-    edges = circuit_edges(model, nodes, inputs, answers)
-    model_reaches = full_loss <= target_loss
+    edges = circuit_edges(model, nodes, *tokens)
+    model_reaches = baseline.full <= target_loss
     necessity_loss, = evaluator.losses([(task, ~circuit.keep)])
     return {**values, "nodes": len(nodes), "edges": len(edges),
             # the control has no rule for the model to follow: reaching the target at all is its "solved"
             "solved": float(model_reaches or is_control), "necessity_loss": necessity_loss,
             "beats_model": float(not model_reaches and not is_control),
             "nodes_before_pass": circuit.nodes_before_pass, "nodes_restart_median": circuit.restart_median}, nodes, edges
+
+
+def faithfulness_values(found: Faithfulness, target_circuit: Circuit, counter: EdgeCounter) -> dict[str, float]:
+    """The per-task faithfulness metrics: f of the target circuit, the f80 circuit's size, CPR and CMD."""
+    nan = math.nan
+    f80 = found.circuit
+    return {"faithfulness": found.f(target_circuit.loss) if target_circuit.solved else nan,
+            "nodes_at_f80": float(f80.keep.sum()) if f80.solved else nan,
+            "edges_at_f80": float(counter.count(f80.keep[None])[0]) if f80.solved else nan,
+            "cpr": found.cpr, "cmd": found.cmd}
 
 
 def unsolved_reason(values: dict, target_loss: float) -> str | None:
@@ -113,37 +136,56 @@ def unsolved_reason(values: dict, target_loss: float) -> str | None:
 
 def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metrics, log_artifacts,
                 tokenizer: Tokenizer = BYTES) -> dict:
-    """Prune every task (and the control) in one optimisation; log metrics and circuit artifacts."""
+    """Prune every task (and the control) in one optimisation; measure faithfulness; log metrics and artifacts."""
     start = time.perf_counter()
     device = next(model.parameters()).device
     p, n_ctx = cfg.prune, cfg.model.n_ctx
     task_list = [*task_names(cfg.tasks), tasks.CONTROL]
-    sets = [tasks.generate(n, cfg.tasks.n_train, cfg.tasks.n_heldout, cfg.seed, n_ctx, cfg.tasks.preamble)
+    sets = [tasks.generate(n, cfg.tasks.n_train, cfg.tasks.n_heldout, run_seed(cfg), n_ctx, cfg.tasks.preamble)
             for n in task_list]
     on_device = lambda batch: tuple(t.to(device) for t in batch)  # noqa: E731
     train = [on_device(tasks.encode(s.train, tokenizer, n_ctx)) for s in sets]
     heldout = [on_device(tasks.encode(s.heldout, tokenizer, n_ctx)) for s in sets]
     text, _ = eval_windows(val_tokens, n_ctx, p.mean_windows)
     means = node_means(model, text.to(device), cfg.train.batch_size) if p.ablation == "mean" else None
-    circuits, evaluator = find_circuits(model, train, heldout, means, p)
+    rankings = rank_nodes(model, train, means, p)
+    evaluator = Evaluator(model, heldout, means)
+    log = TrialLog(evaluator.losses)
+    everything = torch.ones(evaluator.n_nodes, dtype=torch.bool)
+    ends = log.losses([(task, keep) for task in range(len(sets)) for keep in (everything, ~everything)])
+    baselines = [Baseline(full, empty) for full, empty in zip(ends[::2], ends[1::2])]
+    log.search = TARGET
+    circuits = smallest_circuits(rankings, log.losses, p.target_loss, p.passes)
+    tokens = [task_tokens(s, tokenizer) for s in sets]
+    counters = [EdgeCounter(model, *t) for t in tokens]
+    faithful = measure(rankings, log, baselines, counters, evaluator.n_nodes, p)
 
     metrics: dict[str, float] = {}
-    solved_edges, solved_nodes = [], []
+    solved_edges, solved_nodes, f80_edges = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for task, (task_set, circuit) in enumerate(zip(sets, circuits)):
-            values, nodes, edges = judge(model, task_set, task, circuit, evaluator, p.target_loss, tokenizer)
+        for task, (task_set, circuit, found) in enumerate(zip(sets, circuits, faithful)):
+            values, nodes, edges = judge(model, task_set, task, circuit, evaluator, p.target_loss, baselines[task],
+                                         tokens[task])
+            values["cue_distance"] = tasks.cue_distance(task_set, tokenizer)
+            values.update(faithfulness_values(found, circuit, counters[task]))
             is_control = task_set.name == tasks.CONTROL
             if values["solved"] and not is_control:
                 solved_edges.append(len(edges))
                 solved_nodes.append(len(nodes))
+            if not is_control and math.isfinite(values["edges_at_f80"]):
+                f80_edges.append(values["edges_at_f80"])
             metrics.update({names.circuit_metric(task_set.name, k): v for k, v in values.items()})
             record = circuit_record(task_set.name, values, unsolved_reason(values, p.target_loss), p.target_loss,
                                     p.ablation, p.method, nodes, edges)
             write_json(Path(tmp) / f"{task_set.name}.json", record)
             draw(Path(tmp) / f"{task_set.name}.png", record, tokenizer.token_text)
+            curve = curve_record(task_set.name, found, circuit, values, p)
+            write_json(Path(tmp) / f"{task_set.name}.curve.json", curve)
+            draw_curve(Path(tmp) / f"{task_set.name}.curve.png", curve)
         edges_geomean = names.geomean(solved_edges)
         metrics.update({names.EDGES_GEOMEAN: edges_geomean, names.LOG10_EDGES_GEOMEAN: math.log10(edges_geomean),
                         names.NODES_GEOMEAN: names.geomean(solved_nodes),
+                        names.EDGES_AT_F80_GEOMEAN: names.geomean(f80_edges),
                         names.TASKS_SOLVED_FRAC: len(solved_edges) / (len(task_list) - 1),
                         names.TIME_PRUNE: time.perf_counter() - start})
         log_metrics(metrics)

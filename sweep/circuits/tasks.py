@@ -201,9 +201,34 @@ def paren_bracket(rng):
     return f"{v} = ({item}", ")", f"{v} = [{item}", "]"
 
 
-# `quick`: tasks the dense x2 and wider models of the quick grid solve at the quick target, 0.3, each with
-# its evidence two or more tokens back under the grid's BPE (README, "The quick suite").
-SUITES = {"paper": PAPER_TASKS, "quick": ("single_double_quote", "bracket_brace", "paren_bracket")}
+CALLABLES = ["print", "len", "int", "str", "list", "sorted", "f", "g", "run", "append"]
+
+
+@register_task("call_subscript")
+def call_subscript(rng):
+    """Ours: a call or a subscript of the same name, `f(417` -> `)`, `f[417` -> `]` (the bracket 3 tokens back)."""
+    v, item = rng.choice(NAMES + CALLABLES), rng.randint(100, 999)
+    return f"{v}({item}", ")", f"{v}[{item}", "]"
+
+
+@register_task("brace_paren")
+def brace_paren(rng):
+    """Ours: which bracket a 3-digit item closes, `{` or `(`."""
+    v, item = _name(rng), rng.randint(100, 999)
+    return f"{v} = {{{item}", "}", f"{v} = ({item}", ")"
+
+
+@register_task("attr_call_subscript")
+def attr_call_subscript(rng):
+    """Ours: a method call or a subscript of an attribute, `x.get(417` -> `)`, `x.get[417` -> `]`."""
+    v, attr, item = _name(rng), rng.choice(["get", "items", "data", "args", "cache"]), rng.randint(100, 999)
+    return f"{v}.{attr}({item}", ")", f"{v}.{attr}[{item}", "]"
+
+
+# `quick`: tasks every dense and constant-nonzero model of the quick grid learns at every seed, to a loss at
+# most 0.7 x the quick target (0.3), each with its evidence three tokens back under the grid's BPE (README,
+# "The quick suite"): the only ones of the twenty and a dozen variants that the d_model 32 models learn so.
+SUITES = {"paper": PAPER_TASKS, "quick": ("call_subscript", "brace_paren", "attr_call_subscript")}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from sweep.science.checkpoint import save as save_checkpoint
 from sweep.science.collapse import collapse_metrics
 from sweep.science.data import eval_windows, load_corpus
 from sweep.errors import ConfigError
-from sweep.points import d_model, point_label
+from sweep.points import d_model, point_label, run_seed
 from sweep.circuits.prune_stage import check_tasks, run_pruning
 from sweep.science.sparsity import WeightSparsifier
 from sweep.science.tokenizer import BYTES
@@ -103,7 +103,7 @@ def train_epochs(cfg: DictConfig, train_tokens: int) -> float:
 
 def describe_start(label: str, cfg: DictConfig) -> str:
     """A job run's description while it trains."""
-    return (f"{label}: d_model {d_model(cfg.model)}, density {cfg.sparsity.density:g}, seed {cfg.seed}; training "
+    return (f"{label}: d_model {d_model(cfg.model)}, density {cfg.sparsity.density:g}, seed {run_seed(cfg)}; training "
             f"{cfg.train.steps} steps")
 
 
@@ -133,7 +133,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slo
     job's place among those running at once (its progress bar's row, its GPU)."""
     validate(cfg)
     torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(run_seed(cfg))
     device = resolve_device(cfg.train.device, slot)
     corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
     if len(corpus.val) < cfg.model.n_ctx + 1:  # no evaluation window would fit: still before the run
@@ -160,7 +160,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slo
         sparsifier = WeightSparsifier(model.hidden_matrices(), model.embedding_matrices(),
                                       cfg.sparsity.density, cfg.model.width_mult, cfg.sparsity)
         result = train(model, torch.from_numpy(corpus.train), torch.from_numpy(corpus.val), sparsifier,
-                       cfg.train, cfg.seed, lambda step, m: run.log_metrics(m, step),
+                       cfg.train, run_seed(cfg), lambda step, m: run.log_metrics(m, step),
                        label=label, position=slot)
         total, nonzero = model.count_params()
         held_out_inputs, _ = eval_windows(torch.from_numpy(corpus.val), cfg.model.n_ctx, cfg.train.eval_windows)

@@ -35,9 +35,9 @@ def checkpoints(client, experiment: str):
             tokenizer = run_tokenizer(cfg.data)
             model, _ = checkpoint.load(stored, run.info.run_id, cfg, tokenizer.hash)
             models.append((cfg, model.eval(), tokenizer))
-    models.sort(key=lambda m: (m[0].model.width_mult, -m[0].sparsity.density, m[0].seed))
+    models.sort(key=lambda m: (m[0].model.width_mult, -m[0].sparsity.density, points.run_seed(m[0])))
     differing = _differing_settings([c for c, _, _ in models])
-    return [(points.label(c.model.width_mult, c.sparsity.density, c.seed) + extra, m, c, t)
+    return [(points.label(c.model.width_mult, c.sparsity.density, points.run_seed(c)) + extra, m, c, t)
             for (c, m, t), extra in zip(models, differing)]
 
 

@@ -70,6 +70,7 @@ def _get(cfg: DictConfig, key: str):
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first setting that cannot work; write numbers back as floats."""
     _integer(cfg, "seed", 0)
+    _integer(cfg, "seed_offset", 0)
     density = _number(cfg, "sparsity.density", 0.0, 1.0, low_open=True)
     width_mult = _integer(cfg, "model.width_mult", 1)
     base_width = _integer(cfg, "model.base_width", 1)
