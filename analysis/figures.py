@@ -428,10 +428,10 @@ def capability_figure(points: pd.DataFrame, out: Path) -> list[Path]:
 def indicators_figure(points: pd.DataFrame, rule: CollapseRule, out: Path) -> list[Path]:
     """The collapse indicators against density, each with its threshold (dotted) from the rule."""
     styles = series_styles(points)
-    panels = [("solved_frac", "tasks solved\n(fraction)", rule.solved_frac),
-              ("bigram_gap", "loss \u2212 bigram loss\n(nats/byte)", None if rule.ref_margin is None else -rule.ref_margin),
-              ("dead", "dead units\n(fraction)", rule.dead_frac),
-              ("shrink_ratio", "edges \u00f7 edges of the\nnext denser point (ratio)", rule.shrink_ratio)]
+    panels = [("solved_frac", "tasks solved (fraction;\nreported, not a signature)", rule.solved_frac),
+              ("bigram_gap", "loss \u2212 bigram loss\n(nats/byte; a signature)", None if rule.ref_margin is None else -rule.ref_margin),
+              ("dead", "dead units\n(fraction; a signature)", rule.dead_frac),
+              ("shrink_ratio", "edges \u00f7 the next denser\npoint's (ratio; reported)", rule.shrink_ratio)]
     with paper_style():
         fig = paper_figure(TWO_COLUMNS, 4.4)
         axes = fig.subplots(2, 2, sharex=True).ravel()
@@ -448,7 +448,7 @@ def indicators_figure(points: pd.DataFrame, rule: CollapseRule, out: Path) -> li
         axes[0].invert_xaxis()
         for ax in axes[2:]:
             ax.set_xlabel(DENSITY_LABEL)
-        extra = [Line2D([], [], color="#555555", ls=":", lw=0.8, label="threshold of the rule"),
+        extra = [Line2D([], [], color="#555555", ls=":", lw=0.8, label="threshold"),
                  Line2D([], [], color="#555555", ls="-", label="dead by weight"),
                  Line2D([], [], color="#555555", ls="--", label="dead by activity")]
         add_legend(fig, legend_handles(styles, points, extra), TWO_COLUMNS)
@@ -483,12 +483,13 @@ def _band_caption(points: pd.DataFrame, rule: CollapseRule) -> str:
 
 
 def _threshold_caption(rule: CollapseRule) -> str:
-    """Each indicator panel's dotted threshold, or that it is off."""
-    panels = [("tasks solved", rule.solved_frac, "fires at \u2264 {:g} after a denser point of the width solved more"),
-              ("loss \u2212 bigram", rule.ref_margin, "fires at \u2265 \u2212{:g} nats/byte"),
-              ("dead units, by weight (solid) and by activity (dashed)", rule.dead_frac, "fires at \u2265 {:g}"),
+    """Each indicator panel's dotted threshold, or that it is off, and whether it labels a point."""
+    panels = [("tasks solved", rule.solved_frac, "fires at \u2264 {:g} after a denser point of the width solved more "
+                                                 "(reported in points.csv's lost_tasks, never a label)"),
+              ("loss \u2212 bigram", rule.ref_margin, "fires at \u2265 \u2212{:g} nats/byte (a signature)"),
+              ("dead units, by weight (solid) and by activity (dashed)", rule.dead_frac, "fires at \u2265 {:g} (a signature)"),
               ("edges \u00f7 edges of the next denser point with a circuit, over the tasks both solved",
-               rule.shrink_ratio, "fires at \u2265 {:g}")]
+               rule.shrink_ratio, "fires at \u2265 {:g} (reported in not_shrinking, never a label)")]
     return "; ".join(f"{name}: " + ("off" if value is None else text.format(value)) for name, value, text in panels)
 
 
@@ -496,7 +497,7 @@ def captions(points: pd.DataFrame, rule: CollapseRule, edges_label: str, note: s
     """`captions.md`: one caption per figure, with the collapse rule's numbers."""
     widths = "one colour and marker shape per width (Okabe-Ito colours)"
     markers = ("a filled marker is a normal point, a hollow one a point the collapse rule labels collapsed "
-               "(any of its indicators fired), a star the dense model")
+               "(one of the collapse's signatures fired at every seed), a star the dense model")
     logged = [(name, points[f"{name}_loss"].mean()) for name in ("bigram", "unigram") if points[f"{name}_loss"].notna().any()]
     references = ("the dotted and dashed lines are the bigram and unigram reference losses of the validation text"
                   + "".join(f", {name} {value:.3f}" for name, value in logged) + " nats/byte")
@@ -507,8 +508,8 @@ def captions(points: pd.DataFrame, rule: CollapseRule, edges_label: str, note: s
             "A solid line joins each width's Pareto-optimal points (dominated points are fainter); the black dashed "
             "line is the overall frontier of all widths. Each sparse point is labelled with its weight density (% of "
             "weights nonzero). Error bars: 95% intervals over seeds (loss: t interval; edges: on the log scale). "
-            f"{_band_caption(points, rule)} A point collapsed by another indicator (see `collapse_indicators`) can "
-            f"lie outside the band. Vertically, {references}."
+            f"{_band_caption(points, rule)} A point collapsed by another signature (dead units or layers, see "
+            f"`collapse_indicators`) can lie outside the band. Vertically, {references}."
             + (" Points with no circuit (no task reached the pruning target) are in the strip above, by loss only."
                if no_circuit.any() else "") + (f" {note}." if note else "")),
         "circuit_edges_vs_density": (
@@ -524,8 +525,9 @@ def captions(points: pd.DataFrame, rule: CollapseRule, edges_label: str, note: s
             f"The collapse indicators against weight density (sparser to the right), {widths}; {markers}. The dotted "
             f"line in each panel is the rule's threshold: {_threshold_caption(rule)}. Dead layers (fires at "
             + ("off" if rule.dead_layers is None else f"\u2265 {rule.dead_layers:g}") + ") have no panel. "
-            f"The rule in use: {rule.describe()}. `points.csv` (column `rule`) names, per point, each indicator "
-            "that fired, with its numbers."),
+            f"The rule in use: {rule.describe()}. `points.csv` names, per point, each signature that fired with "
+            "its numbers and the seeds it fired at (column `rule`), and the consequences reported beside the label "
+            "(columns `lost_tasks`, `not_shrinking`)."),
     }
     return "# Figure captions\n\nWritten by `python -m analysis frontier` with the figures (PDF and PNG).\n" + "".join(
         f"\n## {name}\n\n`{name}.pdf`, `{name}.png`: {text}\n" for name, text in sections.items())

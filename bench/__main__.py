@@ -20,7 +20,8 @@ from sweep.science.data import load_corpus
 from sweep.paths import PROJECT_ROOT
 from sweep.tracking import ensure_experiment, git_commit
 
-QUICK_WIDTHS = (1, 2, 4)  # the quick grid's width_mult (base 32: d_model 32 / 64 / 128)
+QUICK_WIDTHS = (1, 2, 4)  # step timings at width_mult x base 32: d_model 32 / 64 / 128 (and EXTRA_D_MODEL)
+JOB_WIDTHS = (1, 2, 3)  # the quick grid's widths: one real job each (prune / train)
 EXTRA_D_MODEL = 256
 DENSITY = 0.06  # the sparse point: in the quick grid and feasible (min_per_neuron = 1) at every width
 
@@ -77,7 +78,7 @@ def main() -> None:
         ensure_experiment(job_config([f"tracking.uri={uri}", "tracking.experiment=bench"]).tracking)
         job_overrides = base + smoke + [f"tracking.uri={uri}", "tracking.experiment=bench",
                                         f"sparsity.density={DENSITY}", f"train.steps={args.job_steps}"]
-        results["jobs"] = [timed_job(job_overrides, cfg.model.base_width, w, Path(tmp)) for w in QUICK_WIDTHS]
+        results["jobs"] = [timed_job(job_overrides, cfg.model.base_width, w, Path(tmp)) for w in JOB_WIDTHS]
 
     if torch.cuda.is_available():
         gpu = torch.device("cuda")

@@ -123,11 +123,13 @@ def table(r: dict) -> str:
         "|---|---|---|---|---|---|",
     ] + [f"| {p['d_model']} | {1e3 * p['plain_s']:.2f} | {1e3 * p['fast_s']:.2f} | {p['speedup']:.1f}x "
          f"| {p['share_of_sparse_step']:.1%} | {p['ratio_plain_projection']:.3f} |" for p in r.get("projection", [])]
-    for step in r["steps"]:
-        k, job = str(step["d_model"]), jobs.get(str(step["d_model"]), {})
+    steps = {str(step["d_model"]): step for step in r["steps"]}
+    for k in sorted(set(steps) | set(jobs), key=int):  # the step timings' widths and the quick grid's jobs'
+        step, job = steps.get(k), jobs.get(k, {})
+        timed = (f"{step['total_params']:,} | {1e3 * step['dense_step_s']:.1f} | {1e3 * step['sparse_step_s']:.1f} "
+                 f"| **{step['ratio']:.3f}** | **{step['mfu']:.1%}**") if step else f"{int(job['total_params']):,} | - | - | - | -"
         lines.append(
-            f"| {k} | {step['total_params']:,} | {1e3 * step['dense_step_s']:.1f} | {1e3 * step['sparse_step_s']:.1f} "
-            f"| **{step['ratio']:.3f}** | **{step['mfu']:.1%}** | {fmt(two.get(k, {}).get('mfu'), '.1%', '-')} "
+            f"| {k} | {timed} | {fmt(two.get(k, {}).get('mfu'), '.1%', '-')} "
             f"| {fmt(job.get('prune_train_ratio'), '.2f', '-')} | {fmt(job.get('job_s_real'), '.0f', '-')} "
             f"| {fmt(job.get('peak_rss_mb'), '.0f', '-')} |")
     peak = r["matmul_peak_gflops"]
@@ -136,7 +138,7 @@ def table(r: dict) -> str:
         f"- logging share (time in MLflow calls / job wall time, worst width): **{r['logging_share']:.2%}**; "
         f"{r['logging_share_first_job']:.2%} for a process's first job, which also imports MLflow's SQL store "
         f"({max(j['mlflow_store_import_s'] for j in r['jobs']):.1f} s)",
-        f"- cost exponent (projected job time ~ params^a over d_model 32-128): **{r['cost_exponent']:.2f}**; "
+        f"- cost exponent (projected job time ~ params^a over the jobs' d_model): **{r['cost_exponent']:.2f}**; "
         f"step time ~ params^{r['step_cost_exponent']:.2f} over d_model 32-256",
         f"- fp32 matmul peak (torch.mm, {s['matmul_n']}^2): {peak['1']:.1f} GFLOP/s on 1 thread, {peak['2']:.1f} on 2",
         f"- targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'} ({TARGETS[k]})" for k, v in r["met"].items()),

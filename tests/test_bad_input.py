@@ -45,6 +45,13 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["model.n_ctx=6"], "tasks.names", "needed"),  # the quick tasks' prompts cannot fit
     (["seed=abc"], "seed", "integer >= 0"),
     (["seed=-1"], "seed", "integer >= 0"),
+    (["seed_offset=-3"], "seed_offset", "integer >= 0"),
+    (["seed_offset=1.5"], "seed_offset", "integer >= 0"),
+    (["prune.faithfulness=1"], "prune.faithfulness", "(0, 1)"),
+    (["prune.faithfulness=0"], "prune.faithfulness", "(0, 1)"),
+    (["prune.curve_fractions=[]"], "prune.curve_fractions", "non-empty list"),
+    (["prune.curve_fractions=[0.5,0.1,1.0]"], "prune.curve_fractions", "strictly increasing"),
+    (["prune.curve_fractions=[0.1,2]"], "prune.curve_fractions", "in (0, 1]"),
     (["tracking.experiment=../../escape"], "tracking.experiment", "without / or"),
     (["tracking.experiment=''"], "tracking.experiment", "non-empty name"),
     (["tracking.experiment=a\\b"], "tracking.experiment", "without / or"),

@@ -11,30 +11,35 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import PROJECT_ROOT
 from sweep import names
+from sweep.points import run_seed
 from sweep.orchestration.sweepers import RUN, expand_grid, grids_of, mark_repeats, plan_points
 
 
-def planned(grid: str):
-    """Plan the grid as the sweep callback does (nothing is run or logged)."""
+def planned(grid: str, *more: str):
+    """Plan the grid as the sweep callback does (nothing is run or logged); seeds as the jobs run them."""
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        overrides = [f"experiment={grid}"]
+        overrides = [f"experiment={grid}", *more]
         config = compose("config", overrides=overrides, return_hydra_config=True)
         loader = GlobalHydra.instance().config_loader()
         points = [(p, loader.load_sweep_config(config, p)) for p in expand_grid(loader, grids_of(config), overrides)]
     plan = plan_points(points)
     mark_repeats(plan, finished={})
-    return [(cfg.model.width_mult, float(cfg.sparsity.density), cfg.seed) for _, cfg in points], plan
+    return [(cfg.model.width_mult, float(cfg.sparsity.density), run_seed(cfg)) for _, cfg in points], plan
 
 
-def test_quick_grid():
-    """Every point valid; the constant-nonzero ladder at three seeds per width; dense x2 at three seeds."""
-    points, plan = planned("quick")
-    ladder = {(w, d, s) for w, d in ((1, 0.25), (2, 0.0625), (3, 0.02778)) for s in (0, 1, 2)}
-    dense = {(w, 1.0, 0) for w in (1, 2, 3)} | {(2, 1.0, 1), (2, 1.0, 2)}
-    more = {(1, 0.5, 0), (1, 0.125, 0), (1, 0.015, 0), (2, 0.25, 0), (2, 0.004, 0)}
-    assert set(points) == ladder | dense | more and len(points) == 19
+@pytest.mark.parametrize("offset", [0, 3])
+def test_quick_grid(offset):
+    """Every point valid; the constant-nonzero ladder (x1 dense among it) at three seeds per width, shifted
+    by seed_offset, every other point at the offset's one seed: the second seed set is the whole grid again."""
+    points, plan = planned("quick", f"seed_offset={offset}")
+    ladder = {(w, d, s + offset) for w, d in ((1, 1.0), (2, 0.25), (3, 0.11111)) for s in (0, 1, 2)}
+    dense = {(w, 1.0, offset) for w in (2, 3)}
+    more = ({(1, d, offset) for d in (0.5, 0.25, 0.125, 0.015)} | {(2, d, offset) for d in (0.0625, 0.002)}
+            | {(3, 0.037037, offset)})
+    assert set(points) == ladder | dense | more and len(points) == 18
     assert all(entry.action == RUN for entry in plan)  # j = 0: no density is infeasible
     assert len({round(w * w * d, 3) for w, d, _ in ladder}) == 1  # hidden density x width^2: one nonzero count
+    assert len({entry.config_hash for entry in plan}) == 18
 def test_paper_grid_is_the_recipe():
     points, plan = planned("paper")
     assert all(entry.action == RUN for entry in plan)

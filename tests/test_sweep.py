@@ -60,12 +60,12 @@ def test_two_point_multirun_logs_two_children_under_one_parent(sweep, tmp_path):
         for task in (*tasks.SUITES["quick"], "control"):
             for what in names.CIRCUIT_PER_TASK:
                 assert names.circuit_metric(task, what) in metrics, (task, what)
-        for aggregate in (names.EDGES_GEOMEAN, names.NODES_GEOMEAN, names.TASKS_SOLVED_FRAC, names.TIME_PRUNE,
+        for aggregate in (names.EDGES_GEOMEAN, names.NODES_GEOMEAN, names.EDGES_AT_F80_GEOMEAN, names.TASKS_SOLVED_FRAC, names.TIME_PRUNE,
                           names.CONTROL_EDGES, names.CONTROL_SOLVED):
             assert aggregate in metrics, aggregate
         circuit_files = {a.path for a in sweep.client.list_artifacts(job.info.run_id, "circuits")}
         for task in (*tasks.SUITES["quick"], tasks.CONTROL):
-            assert {names.circuit_artifact(task, "json"), names.circuit_artifact(task, "png")} <= circuit_files
+            assert {names.circuit_artifact(task, suffix) for suffix in ("json", "png", "curve.json", "curve.png")} <= circuit_files
         first = tasks.SUITES["quick"][0]
         record_path = sweep.client.download_artifacts(job.info.run_id, names.circuit_artifact(first, "json"), str(tmp_path))
         record = json.loads(Path(record_path).read_text())

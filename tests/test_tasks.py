@@ -10,11 +10,19 @@ from sweep.circuits import tasks
 from sweep.errors import ConfigError
 from sweep.science.model import GPT, ModelShape
 
-ALL = [*tasks.PAPER_TASKS, tasks.CONTROL]
+ALL = [*tasks.TASKS, tasks.CONTROL]  # the paper's twenty, ours, the control
 
 
 def test_the_paper_has_twenty_tasks():
     assert len(tasks.PAPER_TASKS) == 20 and "single_double_quote" in tasks.PAPER_TASKS
+
+
+@pytest.mark.parametrize("name", tasks.SUITES["quick"])
+def test_the_quick_tasks_need_attention(name):
+    """Their pairs differ three bytes before the end (one bracket behind a 3-digit item): no n-gram of the last
+    token decides them (under the quick grid's BPE the digits are three tokens: README)."""
+    task_set = tasks.generate(name, 16, 16, 0, n_ctx=64, with_preamble=False)
+    assert tasks.pair_cue_distances(task_set) == [3] * 32
 
 
 @pytest.mark.parametrize("with_preamble", [True, False])

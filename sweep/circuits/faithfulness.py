@@ -81,14 +81,17 @@ class TrialLog:
 
     def __init__(self, losses: Losses):
         self._losses = losses
-        self.search = BASELINE
         self.trials: dict[int, dict[bytes, tuple[torch.Tensor, float, str]]] = {}
 
-    def losses(self, candidates: list[tuple[int, torch.Tensor]]) -> list[float]:
-        out = self._losses(candidates)
-        for (task, keep), loss in zip(candidates, out):
-            self.trials.setdefault(task, {}).setdefault(keep.numpy().tobytes(), (keep, loss, self.search))
-        return out
+    def asking(self, search: str) -> Losses:
+        """The evaluator's `losses`, each node set it answers kept as evaluated by `search` (first asker wins)."""
+        def losses(candidates: list[tuple[int, torch.Tensor]]) -> list[float]:
+            out = self._losses(candidates)
+            for (task, keep), loss in zip(candidates, out):
+                self.trials.setdefault(task, {}).setdefault(keep.numpy().tobytes(), (keep, loss, search))
+            return out
+
+        return losses
 
     def curve(self, task: int, counter: EdgeCounter) -> list[tuple[int, int, float, str]]:
         """(nodes, edges, loss, search) of every node set evaluated for the task, smallest first."""
@@ -132,8 +135,7 @@ def measure(rankings: list[list[torch.Tensor]], log: TrialLog, baselines: list[B
     curve of every set evaluated so far (call after the target search, with the same log)."""
     measurable = [b.measurable(cfg.faithfulness_margin) for b in baselines]
     thresholds = [b.loss_at(cfg.faithfulness) if ok else None for b, ok in zip(baselines, measurable)]
-    log.search = F80
-    circuits = smallest_circuits(rankings, log.losses, thresholds, cfg.passes)
+    circuits = smallest_circuits(rankings, log.asking(F80), thresholds, cfg.passes)
 
     fractions = [float(x) for x in cfg.curve_fractions]
     asked: list[tuple[int, float, torch.Tensor]] = []
@@ -144,8 +146,7 @@ def measure(rankings: list[list[torch.Tensor]], log: TrialLog, baselines: list[B
         for fraction in fractions:
             k = prefix_reaching(circuit.ranking, n_nodes, counters[task], int(fraction * everything))
             asked.append((task, fraction, prefix(circuit.ranking, k, n_nodes)))
-    log.search = LADDER
-    losses = log.losses([(task, keep) for task, _, keep in asked]) if asked else []
+    losses = log.asking(LADDER)([(task, keep) for task, _, keep in asked]) if asked else []
 
     results = []
     for task, (baseline, circuit) in enumerate(zip(baselines, circuits)):

@@ -17,7 +17,7 @@ from sweep.circuits.drawing import draw, draw_curve
 from sweep.science.data import eval_windows
 from sweep.circuits.discovery import METHODS, rank_nodes
 from sweep.circuits.discretise import Circuit, smallest_circuits
-from sweep.circuits.faithfulness import TARGET, Baseline, Faithfulness, TrialLog, measure
+from sweep.circuits.faithfulness import BASELINE, TARGET, Baseline, Faithfulness, TrialLog, measure
 from sweep.errors import ConfigError
 from sweep.points import run_seed
 from sweep.science.model import GPT
@@ -152,10 +152,9 @@ def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metri
     evaluator = Evaluator(model, heldout, means)
     log = TrialLog(evaluator.losses)
     everything = torch.ones(evaluator.n_nodes, dtype=torch.bool)
-    ends = log.losses([(task, keep) for task in range(len(sets)) for keep in (everything, ~everything)])
+    ends = log.asking(BASELINE)([(task, keep) for task in range(len(sets)) for keep in (everything, ~everything)])
     baselines = [Baseline(full, empty) for full, empty in zip(ends[::2], ends[1::2])]
-    log.search = TARGET
-    circuits = smallest_circuits(rankings, log.losses, p.target_loss, p.passes)
+    circuits = smallest_circuits(rankings, log.asking(TARGET), p.target_loss, p.passes)
     tokens = [task_tokens(s, tokenizer) for s in sets]
     counters = [EdgeCounter(model, *t) for t in tokens]
     faithful = measure(rankings, log, baselines, counters, evaluator.n_nodes, p)
