@@ -43,7 +43,7 @@ from analysis.load import DENSITY, SEED, SEED_OFFSET, WIDTH
 from sweep import names
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided at this size"
-ALPHA = 1 - CONFIDENCE
+ALPHA = round(1 - CONFIDENCE, 12)  # 0.05, not 0.050000000000000044: a design whose smallest p is 0.05 cannot reach p < 0.05
 LOSS = "-"  # the measure column of findings that are not about circuit size
 MIN_RUNS = 3  # runs a width (or each side of a comparison) needs before a verdict
 HALVING_RATIO = 0.8  # (a): edges fall when they shrink to at most this per halving of density
@@ -330,7 +330,9 @@ def combine(per_set: dict[str, pd.DataFrame], overall: pd.DataFrame) -> pd.DataF
         found = {name: v.get(tuple(row[key])) for name, v in verdicts.items()}
         said = {v for v in found.values() if v is not None}
         if len(said) == 1 and len([v for v in found.values() if v is not None]) == len(found):
-            overall.at[i, "verdict"] = said.pop()
+            overall.at[i, "verdict"] = common = said.pop()
+            if common != row["verdict"]:
+                overall.at[i, "detail"] = f"seed sets agree: {common}; pooled alone: {row['verdict']}; {row['detail']}"
         else:
             overall.at[i, "verdict"] = UNDECIDED
             overall.at[i, "detail"] = ("seed sets disagree: " + ", ".join(f"{v or 'not judged'} ({name})"

@@ -10,69 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
 
 from analysis.__main__ import main
 from analysis import report
 from analysis.frontier import hypervolume, pareto_mask
 from conftest import PROJECT_ROOT
+from stores import Store, analyse
 from sweep import names
 
 FIGURES = ("frontier", "circuit_edges_vs_density", "capability_vs_nonzero_params", "collapse_indicators")
 T_975_1 = 12.706204736  # t quantile, 95% two-sided, one degree of freedom
-BIGRAM, UNIGRAM = 2.5, 3.4
-
-
-class Store:
-    """A real SQLite store with an experiment `frontier`, written through the MLflow client."""
-
-    def __init__(self, folder: Path):
-        self.db = folder / "mlflow.db"
-        self.uri = f"sqlite:///{self.db}"
-        self.client = MlflowClient(self.uri)
-        self.experiment = self.client.create_experiment("frontier", artifact_location=(folder / "artifacts").as_uri())
-        self.clock = 1_700_000_000_000
-
-    def _tick(self) -> int:
-        self.clock += 1000
-        return self.clock
-
-    def parent(self) -> str:
-        run = self.client.create_run(self.experiment, start_time=self._tick(), tags={names.TAG_KIND: names.KIND_PARENT})
-        self.client.set_terminated(run.info.run_id, "FINISHED")
-        return run.info.run_id
-
-    def job(self, parent, width, density, seed=0, loss=None, tasks=None, status="finished", extra=None,
-            tags=None, config_hash=None, final="FINISHED", params=None) -> str:
-        """One job run; `tasks` maps a task to its edges (None: not solved)."""
-        run_tags = {names.TAG_KIND: names.KIND_JOB, names.TAG_PARENT: parent, names.TAG_STATUS: status,
-                    names.TAG_CONFIG_HASH: config_hash or f"w{width}-d{density}-s{seed}", **(tags or {})}
-        run_id = self.client.create_run(self.experiment, start_time=self._tick(), tags=run_tags).info.run_id
-        params = {"model.width_mult": width, "model.base_width": 32, "model.d_model": 32 * width,
-                  "sparsity.density": density, "seed": seed, **(params or {})}
-        metrics = {}
-        if loss is not None:
-            metrics.update({names.CAPABILITY_VAL_LOSS: loss, names.CAPABILITY_BIGRAM: BIGRAM,
-                            names.CAPABILITY_UNIGRAM: UNIGRAM, names.MODEL_NONZERO_PARAMS: 1000 * width * density,
-                            names.COLLAPSE_DEAD_BY_WEIGHT: 0.0, names.COLLAPSE_DEAD_BY_ACTIVITY: 0.0,
-                            names.COLLAPSE_DEAD_LAYERS: 0.0})
-        if tasks is not None:
-            solved = [e for e in tasks.values() if e is not None]
-            metrics[names.EDGES_GEOMEAN] = math.exp(sum(map(math.log, solved)) / len(solved)) if solved else math.nan
-            metrics[names.TASKS_SOLVED_FRAC] = len(solved) / len(tasks)
-            for task, edges in {**tasks, "control": None}.items():
-                metrics[names.circuit_metric(task, "edges")] = math.nan if edges is None else edges
-                metrics[names.circuit_metric(task, "solved")] = float(edges is not None)
-        metrics.update(extra or {})
-        self.client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
-                              params=[Param(k, str(v)) for k, v in params.items()])
-        self.client.set_terminated(run_id, final)
-        return run_id
-
-
-def analyse(store: Store, out: Path, *args: str) -> int:
-    return main(["frontier", "--experiment", "frontier", "--tracking-uri", store.uri, "--out", str(out), *args])
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +96,25 @@ def test_frontier_overall_and_per_width(analysed):
 
 def test_collapse_labels_carry_the_rule_that_fired(analysed):
     points = points_by_label(analysed[0])
+    """The label is the signatures' (one seed each at the sparse points: every seed); what they cost is
+    reported beside it, in its own columns, never in `rule`."""
+    points = points_by_label(analysed[0])
     collapsed = set(points.index[points["regime"] == "collapse"])
     assert collapsed == {"w1-d0.06", "w2-d0.03"}
-    x1_sparse, x2_sparse = points.loc["w1-d0.06", "rule"], points.loc["w2-d0.03", "rule"]
-    assert "near_reference" in x1_sparse and "not_shrinking" in x1_sparse  # 2.45 >= 2.5 - 0.15; 300 >= 250 on task a
-    assert "dead_units" in x2_sparse and "lost_tasks" in x2_sparse and "near_reference" not in x2_sparse
+    # w1-d0.06: 2.45 >= 2.5 - 0.15; its circuit grew over task a (300 >= 250): not_shrinking, beside the label
+    assert points.loc["w1-d0.06", "rule"] == \
+        "near_reference: loss 2.450 >= bigram 2.500 - 0.15 (a signature at 1 of 1 seeds)"
+    assert points.loc["w1-d0.06", "not_shrinking"] == "not_shrinking: edges 1.20 x w1-d0.25 (tasks a) >= 1"
+    assert pd.isna(points.loc["w1-d0.06", "lost_tasks"])  # it still solves task a
+    # w2-d0.03: 40% of its units dead by weight; it solves no task after w2-d0.06 solved both: lost_tasks, beside
+    assert points.loc["w2-d0.03", "rule"] == "dead_units: 0.40 >= 0.3 (a signature at 1 of 1 seeds)"
+    assert points.loc["w2-d0.03", "lost_tasks"] == "lost_tasks: solved 0.00 <= 0, a denser point solved 1.00"
     assert points.loc["w1-d0.06", "shrink_ratio"] == pytest.approx(300 / 250)
     assert points.loc["w1-d0.25", "shrink_ratio"] == pytest.approx(500 / 4000)
-    assert points.loc["w1-d1", "rule"] == "no indicator fired"
+    assert points.loc["w1-d1", "rule"] == "no signature fired" and points.loc["w1-d1", "regime"] == "normal"
+    assert points[["lost_tasks", "not_shrinking"]].drop(["w1-d0.06", "w2-d0.03"]).isna().all().all()
+    frontier = pd.read_csv(analysed[0] / "frontier.csv")
+    assert "lost_tasks" in frontier.columns and not frontier["rule"].str.contains("lost_tasks|not_shrinking").any()
 
 
 def test_hypervolume_per_width_against_the_fixed_reference(analysed):
@@ -195,6 +153,10 @@ def test_captions_name_the_rule_with_its_numbers(analysed):
     text = (out / "captions.md").read_text()
     assert all(f"## {name}" in text for name in FIGURES)
     assert "2.500 \u2212 0.15 = 2.350 nats/byte" in text and "dead units >= 0.3" in text
+    assert "collapse if, at every seed, loss >= bigram - 0.15 or dead units >= 0.3 or dead layers >= 1" in text
+    assert "(reported beside it, not as it: lost_tasks: solved <= 0" in text
+    # a hollow (collapsed) marker is a signature at every seed, not any indicator (lost tasks never label)
+    assert "any of its indicators fired" not in text and "never a label" in text
     assert "captions.md" in {Path(f.path).name for f in store.client.list_artifacts(p2, "frontier")}
 
 
@@ -232,6 +194,12 @@ def test_collapse_thresholds_are_configurable(constructed, tmp_path, capsys):
                    "--collapse", "shrink_ratio=off") == 0
     points = points_by_label(tmp_path)
     assert points.loc["w1-d0.06", "regime"] == "normal" and points.loc["w2-d0.03", "regime"] == "collapse"
+    assert points.loc["w1-d0.06", "rule"] == "no signature fired" and pd.isna(points.loc["w1-d0.06", "not_shrinking"])
+    assert points.loc["w2-d0.03", "lost_tasks"].startswith("lost_tasks:")  # solved_frac is still on
+    # dead units at 0.4 no longer reach 0.5; switching the loss back on leaves w1-d0.06 the only collapse
+    assert analyse(store, tmp_path, "--no-log", "--no-figures", "--collapse", "dead_frac=0.5") == 0
+    points = points_by_label(tmp_path)
+    assert set(points.index[points["regime"] == "collapse"]) == {"w1-d0.06"}
     assert analyse(store, tmp_path, "--collapse", "dead=0.5") == 2
     assert "KEY one of" in capsys.readouterr().err
 
@@ -247,7 +215,14 @@ def test_runs_without_circuits_or_losses_still_give_tables_and_figures(tmp_path,
     assert "lack capability/val_loss" in printed and "no circuit metrics" in printed
     assert len(pd.read_csv(tmp_path / "out" / "frontier.csv")) == 0
     assert all((tmp_path / "out" / f"{name}.pdf").stat().st_size > 1000 for name in FIGURES)
-    assert points_by_label(tmp_path / "out").loc["w1-d0.25", "regime"] == "collapse"
+    sparse = points_by_label(tmp_path / "out").loc["w1-d0.25"]
+    assert sparse["regime"] == "collapse" and sparse["rule"].startswith("near_reference: loss 2.450")
+    findings = pd.read_csv(tmp_path / "out" / "findings.csv")
+    onset = findings[findings["finding"] == "collapse_onset"].iloc[0]
+    assert (onset["scope"], onset["verdict"], onset["value"]) == ("x1", "holds", 0.25)
+    # no circuit anywhere: edges findings undecided, by too few runs
+    edges = findings[findings["finding"] == "edges_fall_with_density"]
+    assert set(edges["verdict"]) == {"undecided at this size"} and (edges["n"] == 0).all()
 
 
 def test_every_point_collapsed(tmp_path):
@@ -256,7 +231,14 @@ def test_every_point_collapsed(tmp_path):
     store.job(parent, 1, 1, loss=3.3, tasks={"a": 10})
     store.job(parent, 1, 0.5, loss=3.4, tasks={"a": None})
     assert analyse(store, tmp_path / "out") == 0
-    assert set(points_by_label(tmp_path / "out")["regime"]) == {"collapse"}
+    points = points_by_label(tmp_path / "out")
+    assert set(points["regime"]) == {"collapse"}
+    # both by their loss (>= 2.35); w1-d0.5 also lost task a, which is said beside the label, not in it
+    assert points["rule"].str.startswith("near_reference").all() and "lost" not in points.loc["w1-d0.5", "rule"]
+    assert points.loc["w1-d0.5", "lost_tasks"].startswith("lost_tasks: solved 0.00")
+    findings = pd.read_csv(tmp_path / "out" / "findings.csv")
+    onset = findings[findings["finding"] == "collapse_onset"].iloc[0]
+    assert (onset["verdict"], onset["value"]) == ("holds", 1) and onset["detail"].startswith("w1-d1: near_reference")
     assert (tmp_path / "out" / "frontier.png").stat().st_size > 1000
 
 
@@ -355,10 +337,17 @@ def test_runs_of_two_tokenizers_are_compared_per_byte(tmp_path):
 
 
 def test_findings_are_stated_with_the_verdict_the_numbers_support(tmp_path, capsys):
-    """A store built so that every finding's answer is known: x1 circuits shrink with density (holds),
-    x4 circuits grow (does not hold), x8 has too few runs (undecided); x2 at density 0.25 holds x1 at 0.5's
-    nonzero count with lower loss and half the edges over three seeds each (holds, both), x8 at 0.125
-    matches x2 at 0.5 with one seed each (undecided); x1 collapses at 0.25 by its loss, x2 never."""
+    """A store built so that every finding's answer is known (tasks a and b share each run's edges; no f80).
+    (a) Three seeds at 1, 0.5, 0.25 per width: with equal counts at equally spaced x the slope is half the
+    difference of the end densities' mean log edges, so the ratio per halving is sqrt(gm(0.25) / gm(1)):
+    x1 0.273 and x2 0.408 (intervals well under 0.8: holds), x4 5.39 (grows: does not hold); x8 has 2 runs:
+    too few. All widths: the common slope is the mean of the three (equal Sxx): ratio (0.273 0.408 5.39)^(1/3)
+    = 0.843, its interval wide with x4 against the others: undecided. f80: no run logged it: too few.
+    (b) x2 at 0.25 holds x1 at 0.5's nonzero count (500): loss -0.2 over three seeds each (Student's t, sigma
+    pooled over the two points at that count, s2 1e-4, df 4: [-0.223, -0.177], holds), edges 500,520,480 vs
+    1000,1100,950 (ratio 0.49, below 1: holds); x8 at 0.125 matches x2 at 0.5 (1000) with one seed against
+    three: too few.
+    (c) x1 collapses at 0.25 by its loss (2.45-2.47 >= 2.35 at every seed); x2 never: not reached (undecided)."""
     store = Store(tmp_path)
     parent = store.parent()
     ladder = {(1, 1): ([1.8, 1.82, 1.81], [4000, 4200, 3900]), (1, 0.5): ([2.0, 2.02, 2.01], [1000, 1100, 950]),
@@ -373,29 +362,55 @@ def test_findings_are_stated_with_the_verdict_the_numbers_support(tmp_path, caps
     store.job(parent, 8, 0.125, loss=1.7, tasks={"a": 700, "b": 700})
     store.job(parent, 8, 1, loss=1.5, tasks={"a": 9000, "b": 9000})
     assert analyse(store, tmp_path / "out") == 0
-    f = pd.read_csv(tmp_path / "out" / "findings.csv")
-    verdict = {(r.finding, r.scope, r.statistic): r.verdict for r in f.itertuples()}
-    assert verdict["edges_fall_with_density", "x1", "spearman_rho"] == "holds"
-    assert verdict["edges_fall_with_density", "x4", "spearman_rho"] == "does not hold"
-    assert verdict["edges_fall_with_density", "x8", "spearman_rho"] == "undecided at this size"  # 2 runs
-    assert verdict["wider_at_fixed_nonzeros", "w2-d0.25 vs w1-d0.5", "loss_difference"] == "holds"
-    assert verdict["wider_at_fixed_nonzeros", "w2-d0.25 vs w1-d0.5", "edges_ratio"] == "holds"
-    assert verdict["wider_at_fixed_nonzeros", "w8-d0.125 vs w2-d0.5", "loss_difference"] == "undecided at this size"
-    assert verdict["collapse_onset", "x1", "density"] == "holds"
-    assert verdict["collapse_onset", "x2", "density"] == "does not hold"
-    row = f[(f.scope == "w2-d0.25 vs w1-d0.5") & (f.statistic == "loss_difference")].iloc[0]
-    assert row.value == pytest.approx(-0.2) and row.low < -0.2 < row.high < 0 and row.n == 6
-    edges = f[(f.scope == "w2-d0.25 vs w1-d0.5") & (f.statistic == "edges_ratio")].iloc[0]
+    f = pd.read_csv(tmp_path / "out" / "findings.csv", keep_default_na=False, na_values=[""])
+    assert set(f["seed_set"]) == {"all"}  # one seed set
+    row = {(r.finding, r.scope, r.measure): r for r in f.itertuples()}
+    verdict = {key: r.verdict for key, r in row.items()}
+
+    def gm(values):
+        return math.exp(sum(map(math.log, values)) / len(values))
+
+    ratios = {width: math.sqrt(gm(ladder[width, 0.25][1]) / gm(ladder[width, 1][1])) for width in (1, 2, 4)}
+    for width, expected in (("x1", "holds"), ("x2", "holds"), ("x4", "does not hold")):
+        r = row["edges_fall_with_density", width, "target"]
+        assert r.verdict == expected and r.value == pytest.approx(ratios[int(width[1:])]) and r.n == 9
+    assert row["edges_fall_with_density", "x1", "target"].high < 0.8  # holds: at most 0.8 per halving
+    assert row["edges_fall_with_density", "x4", "target"].low > 1.25  # does not hold: grows by 1 / 0.8 at least
+    assert verdict["edges_fall_with_density", "x8", "target"] == "undecided at this size"  # 2 runs
+    assert "2 runs with a circuit over 2 densities: too few" in row["edges_fall_with_density", "x8", "target"].detail
+    pooled = row["edges_fall_with_density", "all widths", "target"]
+    assert pooled.verdict == "undecided at this size" and pooled.low < 0.8 < pooled.high
+    assert pooled.value == pytest.approx((ratios[1] * ratios[2] * ratios[4]) ** (1 / 3)) and pooled.n == 27
+    assert {verdict["edges_fall_with_density", s, "f80"] for s in ("x1", "x2", "x4", "x8", "all widths")} == \
+        {"undecided at this size"}
+    pair, far = "w2-d0.25 vs w1-d0.5", "w8-d0.125 vs w2-d0.5"
+    assert verdict["wider_at_fixed_nonzeros", pair, "-"] == "holds"
+    assert verdict["wider_at_fixed_nonzeros", pair, "target"] == "holds"
+    assert verdict["wider_at_fixed_nonzeros", pair, "f80"] == "undecided at this size"  # no f80 circuit
+    assert verdict["wider_at_fixed_nonzeros", far, "-"] == "undecided at this size"
+    assert "seeds 1 vs 3: too few" in row["wider_at_fixed_nonzeros", far, "-"].detail
+    assert verdict["collapse_onset", "x1", "-"] == "holds"
+    assert verdict["collapse_onset", "x2", "-"] == "undecided at this size"
+    loss = row["wider_at_fixed_nonzeros", pair, "-"]
+    # sigma pooled over the points at 500 nonzeros, the pair's two, each SS 2e-4 (a, a + 0.01, a + 0.02): df 4
+    half = 2.776445 * math.sqrt(1e-4 * 2 / 3)  # t(0.975, 4)
+    assert (loss.value, loss.low, loss.high) == (pytest.approx(-0.2), pytest.approx(-0.2 - half, rel=1e-4),
+                                                 pytest.approx(-0.2 + half, rel=1e-4))
+    assert loss.n == 6 and "sigma pooled over 2 replicated points, df 4; nonzeros 500 vs 500" in loss.detail
+    edges = row["wider_at_fixed_nonzeros", pair, "target"]
     assert edges.value == pytest.approx(math.exp(math.log(500 * 520 * 480) / 3 - math.log(1000 * 1100 * 950) / 3))
-    onset = f[(f.finding == "collapse_onset") & (f.scope == "x1")].iloc[0]
-    assert onset.value == 0.25 and "near_reference" in onset.detail
-    rho = f[(f.finding == "edges_fall_with_density") & (f.scope == "x1")].iloc[0]
-    assert rho.n == 9 and 0.9 < rho.value <= 1 and rho.p_value < 0.05
+    assert "geomean over a, b" in edges.detail
+    onset = row["collapse_onset", "x1", "-"]
+    assert onset.value == 0.25 and onset.detail.startswith("w1-d0.25: near_reference")
+    assert "(a signature at 3 of 3 seeds)" in onset.detail
+    assert "not reached down to density 0.25" in row["collapse_onset", "x2", "-"].detail
     printed = capsys.readouterr().out
-    assert "findings (findings.csv" in printed and "edges_fall_with_density x4: does not hold" in printed
+    assert "findings (findings.csv" in printed and "edges_fall_with_density x4 (target): does not hold" in printed
     md = (tmp_path / "out" / "findings.md").read_text()  # the README's section, from the same table
-    assert "| w2-d0.25 vs w1-d0.5 | **holds** | loss_difference | -0.2 |" in md
-    assert "| x2 | **does not hold** | density | - |" in md and "experiment `frontier`, 29 runs" in md
+    assert "| scope | measure | statistic | all | runs | detail (overall) |" in md
+    assert "| w2-d0.25 vs w1-d0.5 | - | loss_difference | **holds** -0.2 [-0.223, -0.177] | 6 |" in md
+    assert "| x2 | - | density | **undecided at this size** - | 3 | not reached down to density 0.25 |" in md
+    assert "experiment `frontier`, 29 runs" in md and "one seed set: no verdict here is replicated yet" in md
 
 
 def test_task_retention_says_where_each_width_loses_each_task(tmp_path):
@@ -434,6 +449,9 @@ def test_the_readme_findings_section_is_written_between_its_markers(tmp_path):
     text = readme.read_text()
     assert text.startswith("# Title\n\n## Findings\n") and text.endswith(f"{end}\n\n## After\nkept\n")
     assert "old text" not in text and "edges_fall_with_density" in text
+    # 400, 200, 100, 50 edges: exactly 0.5 per halving; 4 distinct densities, smallest p 1/24 < 0.05: holds
+    assert "| x1 | target | ratio_per_halving | **holds** 0.5 [0.5, 0.5] | 4 |" in text
+    assert "| all widths | target | ratio_per_halving | **holds** 0.5 [0.5, 0.5] | 4 |" in text
     assert (tmp_path / "out" / "findings.md").read_text().strip() in text
     readme.write_text("# no section\n")
     result = subprocess.run([sys.executable, "-m", "analysis", "frontier", "--experiment", "frontier", "--out",

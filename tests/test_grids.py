@@ -34,7 +34,7 @@ def test_quick_grid(offset):
     points, plan = planned("quick", f"seed_offset={offset}")
     ladder = {(w, d, s + offset) for w, d in ((1, 1.0), (2, 0.25), (3, 0.11111)) for s in (0, 1, 2)}
     dense = {(w, 1.0, offset) for w in (2, 3)}
-    more = ({(1, d, offset) for d in (0.5, 0.25, 0.125, 0.015)} | {(2, d, offset) for d in (0.0625, 0.002)}
+    more = ({(1, d, offset) for d in (0.5, 0.25, 0.125, 0.01)} | {(2, d, offset) for d in (0.0625, 0.002)}
             | {(3, 0.037037, offset)})
     assert set(points) == ladder | dense | more and len(points) == 18
     assert all(entry.action == RUN for entry in plan)  # j = 0: no density is infeasible
