@@ -123,9 +123,14 @@ def density_text(density: float) -> str:
 
 
 def density_ticks(ax, points: pd.DataFrame) -> None:
-    """Ticks at the grid's densities, as percentages (short enough not to collide on a log axis)."""
+    """Ticks at the grid's densities, as percentages; of two densities closer than 1.3x only the sparser is labelled."""
     densities = sorted(points["density"].unique())
-    ax.set_xticks(densities, [density_text(d) for d in densities])
+    labels, last = [], None
+    for d in densities:  # a density within 1.3x of the last labelled one keeps its tick, not its label
+        close = last is not None and d / last < 1.3
+        labels.append("" if close else density_text(d))
+        last = last if close else d
+    ax.set_xticks(densities, labels)
     ax.set_xlim(min(densities) / 1.5, max(densities) * 1.5)  # also where a panel has no data
     ax.xaxis.set_minor_locator(NullLocator())
 
