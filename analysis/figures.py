@@ -38,6 +38,7 @@ LOSS_LABEL = "held-out loss (nats/byte)"
 DENSITY_LABEL = "weight density (% of weights nonzero; sparser \u2192)"
 FIGURES = ("frontier", "circuit_edges_vs_density", "capability_vs_nonzero_params", "collapse_indicators")
 CAPTIONS = "captions.md"  # one caption per figure, next to them
+MIN_SEEDS_FOR_BARS = 3  # with two seeds a 95% t interval is 12.7 standard errors wide: it would hide the figure
 
 
 @contextmanager
@@ -271,7 +272,7 @@ def frontier_figure(points: pd.DataFrame, rule: CollapseRule, out: Path, edges_l
             best = pareto_mask(group["val_loss"], group["edges"])
             line = group[best].sort_values("val_loss")
             ax.plot(line["val_loss"], line["edges"], color=colour, lw=1.2, zorder=2)
-            with_ci = group[group["n_seeds"] > 1]
+            with_ci = group[group["n_seeds"] >= MIN_SEEDS_FOR_BARS]
             ax.errorbar(with_ci["val_loss"], with_ci["edges"], xerr=with_ci["val_loss_ci"].fillna(0),
                         yerr=[(with_ci["edges"] - with_ci["edges_low"]).fillna(0), (with_ci["edges_high"] - with_ci["edges"]).fillna(0)],
                         fmt="none", ecolor=colour, elinewidth=0.7, capsize=1.5, zorder=2)
@@ -415,7 +416,8 @@ def capability_figure(points: pd.DataFrame, out: Path) -> list[Path]:
             _, colour, marker = styles[series]
             group = group.sort_values("nonzero_params")
             ax.plot(group["nonzero_params"], group["val_loss"], color=colour, zorder=2)
-            ax.errorbar(group["nonzero_params"], group["val_loss"], yerr=group["val_loss_ci"].fillna(0), fmt="none",
+            barred = group[group["n_seeds"] >= MIN_SEEDS_FOR_BARS]
+            ax.errorbar(barred["nonzero_params"], barred["val_loss"], yerr=barred["val_loss_ci"].fillna(0), fmt="none",
                         ecolor=colour, elinewidth=0.7, capsize=1.5, zorder=2)
             draw_points(ax, group["nonzero_params"], group["val_loss"], group, colour, marker)
         if len(data):
@@ -512,7 +514,9 @@ def captions(points: pd.DataFrame, rule: CollapseRule, edges_label: str, note: s
             f"Held-out loss (nats/byte) against {edges_label.replace(chr(10), ', ')} (log scale), {widths}; {markers}. "
             "A solid line joins each width's Pareto-optimal points (dominated points are fainter); the black dashed "
             "line is the overall frontier of all widths. Each sparse point is labelled with its weight density (% of "
-            "weights nonzero). Error bars: 95% intervals over seeds (loss: t interval; edges: on the log scale). "
+            f"weights nonzero). Error bars: 95% intervals over seeds (loss: t interval; edges: on the log scale), "
+            f"drawn where a point has at least {MIN_SEEDS_FOR_BARS} seeds (with two, a t interval is 12.7 standard errors "
+            "wide). "
             f"{_band_caption(points, rule)} A point collapsed by another signature (dead units or layers, see "
             f"`collapse_indicators`) can lie outside the band. Vertically, {references}."
             + (" Points with no circuit (no task reached the pruning target) are in the strip above, by loss only."
@@ -525,7 +529,7 @@ def captions(points: pd.DataFrame, rule: CollapseRule, edges_label: str, note: s
             "control should not be solved at any point."),
         "capability_vs_nonzero_params": (
             f"Held-out loss (nats/byte) against nonzero parameters (count, log scale), {widths}; {markers}. Error "
-            f"bars: 95% t intervals over seeds. Horizontally, {references}."),
+            f"bars: 95% t intervals over seeds, where a point has at least {MIN_SEEDS_FOR_BARS}. Horizontally, {references}."),
         "collapse_indicators": (
             f"The collapse indicators against weight density (sparser to the right), {widths}; {markers}. The dotted "
             f"line in each panel is the rule's threshold: {_threshold_caption(rule)}. Dead layers (fires at "
