@@ -91,7 +91,7 @@ def task_adjusted(rows: pd.DataFrame) -> pd.DataFrame:
     dummies = pd.get_dummies(rows["task"]).to_numpy(float)
     coef, *_ = np.linalg.lstsq(np.column_stack([dummies, x]), rows["log_edges"].to_numpy(float), rcond=None)
     adjusted = rows.assign(y=rows["log_edges"].to_numpy(float) - dummies @ coef[:-1])
-    per_run = adjusted.groupby("run_id").agg(y=("y", "mean"), density=(DENSITY, "first"), tasks=("task", "count"))
+    per_run = adjusted.groupby("run_id").agg(y=("y", "mean"), density=(DENSITY, "first"))
     return per_run.assign(x=np.log2(per_run["density"]))
 
 
@@ -100,36 +100,36 @@ def edges_fall_with_density(runs: pd.DataFrame, tasks: pd.DataFrame, measure: st
     widths); over all widths, one common slope and the stratified permutation test of Spearman's rho."""
     finding = "edges_fall_with_density"
     rows = circuit_rows(runs, tasks, measure)
-    fits, out = {}, []
-    for width in sorted(runs[WIDTH].unique()):
+    widths = sorted(runs[WIDTH].unique())
+    too_few, fits = {}, {}  # per width: its row when it cannot be fitted; else (per_run, slope, SSE, df)
+    for width in widths:
         group = rows[rows[WIDTH] == width]
         per_run = task_adjusted(group) if len(group) else pd.DataFrame(columns=["y", "x", "density"])
         n, densities = len(per_run), per_run["density"].nunique() if len(per_run) else 0
         if n < MIN_RUNS or densities < 2:
-            out.append(_row(finding, f"x{width:g}", measure, "ratio_per_halving", n=n,
-                            detail=f"{n} runs with a circuit over {densities} densities: too few "
-                                   f"(at least {MIN_RUNS} runs over 2 densities)"))
+            too_few[width] = _row(finding, f"x{width:g}", measure, "ratio_per_halving", n=n,
+                                  detail=f"{n} runs with a circuit over {densities} densities: too few "
+                                         f"(at least {MIN_RUNS} runs over 2 densities)")
             continue
         slope, intercept = np.polyfit(per_run["x"], per_run["y"], 1)
         residuals = per_run["y"] - (intercept + slope * per_run["x"])
         fits[width] = (per_run, slope, float((residuals ** 2).sum()), n - 2)
-        out.append(None)  # filled once sigma is pooled
     sse, df = sum(f[2] for f in fits.values()), sum(f[3] for f in fits.values())
     sigma = math.sqrt(sse / df) if df > 0 else math.nan
     t = stats.t.ppf(1 - ALPHA / 2, df) if df > 0 else math.nan
-    filled = iter(sorted(fits.items()))
-    for i, row in enumerate(out):
-        if row is not None:
-            continue
-        width, (per_run, slope, _, _) = next(filled)
+
+    def fitted(width) -> dict:
+        per_run, slope, _, _ = fits[width]
         sxx = float(((per_run["x"] - per_run["x"].mean()) ** 2).sum())
         half = t * sigma / math.sqrt(sxx)
         low, high = math.exp(-(slope + half)), math.exp(-(slope - half))  # a steeper slope is a smaller ratio
         p = 2 * stats.t.sf(abs(slope) / (sigma / math.sqrt(sxx)), df) if sigma > 0 else 0.0
-        out[i] = _row(finding, f"x{width:g}", measure, "ratio_per_halving", math.exp(-slope), low, high, p, len(per_run),
-                      beyond(low, high, HALVING_RATIO, 1 / HALVING_RATIO) if np.isfinite(half) else UNDECIDED,
-                      f"{len(per_run)} runs over densities {_values(sorted(per_run['density'].unique(), reverse=True))}; "
-                      f"sigma {sigma:.3g} pooled over {len(fits)} widths, df {df}")
+        return _row(finding, f"x{width:g}", measure, "ratio_per_halving", math.exp(-slope), low, high, p, len(per_run),
+                    beyond(low, high, HALVING_RATIO, 1 / HALVING_RATIO) if np.isfinite(half) else UNDECIDED,
+                    f"{len(per_run)} runs over densities {_values(sorted(per_run['density'].unique(), reverse=True))}; "
+                    f"sigma {sigma:.3g} pooled over {len(fits)} widths, df {df}")
+
+    out = [too_few[width] if width in too_few else fitted(width) for width in widths]
     return out + [_all_widths(finding, fits, measure)]
 
 

@@ -92,16 +92,21 @@ def circuit_sizes(runs: pd.DataFrame, tasks: pd.DataFrame, use_common: bool,
             f"tasks solved by every point: {', '.join(common)}")
 
 
-def judge_findings(runs: pd.DataFrame, tasks: pd.DataFrame, rule: CollapseRule) -> pd.DataFrame:
-    """Every finding per seed set and over all runs (`findings.combine`); each set's points labelled anew."""
+def judge_findings(runs: pd.DataFrame, tasks: pd.DataFrame, points: pd.DataFrame, rule: CollapseRule) -> pd.DataFrame:
+    """Every finding over all runs (their labelled `points`) and, with several seed sets, per set, each set's
+    points labelled anew (`findings.combine`)."""
+    overall = findings.findings_table(runs, tasks, points)
+    sets = findings.seed_sets(runs)
+    if len(sets) < 2:
+        return overall
+
     def judged(subset: pd.DataFrame) -> pd.DataFrame:
         subset_tasks = tasks[tasks["run_id"].isin(subset["run_id"])]
-        points = label_points(aggregate_points(subset, run_edges(subset, subset_tasks, None)),
-                              task_points(subset, subset_tasks), rule, subset)
-        return findings.findings_table(subset, subset_tasks, points)
+        subset_points = label_points(aggregate_points(subset, run_edges(subset, subset_tasks, None)),
+                                     task_points(subset, subset_tasks), rule, subset)
+        return findings.findings_table(subset, subset_tasks, subset_points)
 
-    per_set = {name: judged(runs[mask]) for name, mask in findings.seed_sets(runs).items()}
-    return findings.combine(per_set, judged(runs))
+    return findings.combine({name: judged(runs[mask]) for name, mask in sets.items()}, overall)
 
 
 def analyse(options: Options) -> Result:
@@ -127,7 +132,7 @@ def analyse(options: Options) -> Result:
         notes.append("no circuit metrics in these runs (pruning disabled, or older runs): no frontier, only capability")
     frontier = frontier_table(points)
     hypervolumes = hypervolume_table(points, options.hv_reference)
-    stated = judge_findings(runs, tasks, options.rule)
+    stated = judge_findings(runs, tasks, points, options.rule)
     retention = findings.task_retention(tasks)
 
     files = [out / load.RUNS_CSV, out / load.TASKS_CSV]

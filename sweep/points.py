@@ -53,7 +53,8 @@ def identity(cfg: DictConfig) -> dict[str, object]:
     seed is the one it runs with (`seed=3` and `seed=0 seed_offset=3` are one point)."""
     flat = {k: v for k, v in flatten(cfg).items() if not is_where_key(k)}
     if "seed" in flat:
-        flat["seed"], _ = run_seed(cfg), flat.pop("seed_offset", None)
+        flat.pop("seed_offset", None)
+        flat["seed"] = run_seed(cfg)
     if "data.source" in flat:
         flat[CORPUS_KEY] = source_hash(str(flat.pop("data.source")))
     if (template_dir := OmegaConf.select(cfg, "tasks.template_dir")) is not None:

@@ -84,6 +84,9 @@ class EdgeCounter:
         return [int(round(v)) for v in total.tolist()]
 
 
+FAITHFULNESS_KEYS = ("faithfulness", "nodes_at_f80", "edges_at_f80", "cpr", "cmd")  # in a record when measured
+
+
 def circuit_record(task: str, values: dict, reason: str | None, target_loss: float, ablation: str, method: str,
                    nodes: list[str], edges: list[Edge]) -> dict:
     """The JSON record of one task's circuit: the summary first (solved or why not, losses, sizes,
@@ -102,9 +105,6 @@ def circuit_record(task: str, values: dict, reason: str | None, target_loss: flo
             "nodes_restart_median": number("nodes_restart_median"),
             **{key: number(key) for key in FAITHFULNESS_KEYS if key in values},
             "nodes": list(nodes), "edges": [list(e) for e in edges]}
-
-
-FAITHFULNESS_KEYS = ("faithfulness", "nodes_at_f80", "edges_at_f80", "cpr", "cmd")
 
 
 def curve_record(task: str, found, target_circuit, values: dict, cfg) -> dict:

@@ -51,21 +51,22 @@ def bisection(scores: torch.Tensor, target: float) -> Search:
     target, the held-out loss taken to fall as the prefix grows; unsolved if the whole model misses it."""
     n = len(scores)
     order = torch.argsort(-scores, stable=True).tolist()
-    (loss,) = yield [_first(order, n, n)]
+    (loss,) = yield [prefix(order, n, n)]
     if loss > target:
         return Found(None, loss, ranking=order)
     low, high = 0, n  # the smallest k reaching the target lies in [low, high]
     while low < high:
         mid = (low + high) // 2
-        (mid_loss,) = yield [_first(order, mid, n)]
+        (mid_loss,) = yield [prefix(order, mid, n)]
         if mid_loss <= target:
             high, loss = mid, mid_loss
         else:
             low = mid + 1
-    return Found(_first(order, high, n), loss, order[:high], order)
+    return Found(prefix(order, high, n), loss, order[:high], order)
 
 
-def _first(order: list[int], k: int, n: int) -> torch.Tensor:
+def prefix(order: list[int], k: int, n: int) -> torch.Tensor:
+    """The first k nodes of a ranking as an (n,) bool keep-vector."""
     keep = torch.zeros(n, dtype=torch.bool)
     keep[order[:k]] = True
     return keep

@@ -293,10 +293,11 @@ def draw_curve(path: Path, curve: dict) -> Path:
     losses (f = 1 and 0), the target and the f80 loss, and the two circuits chosen."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.0), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(9.6, 4.0), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    for search, colour in SEARCH_COLOURS.items():
-        points = [(edges, loss) for _, edges, loss, s in curve["curve"] if s == search and search != "ladder"]
+    for search in ("target", "f80"):  # the ladder is drawn as a line below
+        colour = SEARCH_COLOURS[search]
+        points = [(edges, loss) for _, edges, loss, s in curve["curve"] if s == search]
         if points:
             ax.scatter(*zip(*points), s=6, color=colour, alpha=0.6, lw=0, label=f"evaluated by the {search} search")
     if curve["ladder"]:
@@ -325,6 +326,5 @@ def draw_curve(path: Path, curve: dict) -> Path:
                     f"{curve['faithfulness_margin']:g} nats")
     ax.set_title(f"{curve['task']}: loss against circuit size; {measures}", fontsize=FONT)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.set_size_inches(9.6, 4.0)
     fig.savefig(path, dpi=DPI)
     return path

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sweep.circuits.circuit import EdgeCounter
-from sweep.circuits.discretise import Circuit, Losses, smallest_circuits
+from sweep.circuits.discretise import Circuit, Losses, prefix, smallest_circuits
 
 # which search evaluated a node set (the curve's `search`): the whole model and the empty set, the target
 # search, the f80 search, the ladder of edge fractions
@@ -109,12 +109,6 @@ def area(fractions: list[float], f: list[float]) -> tuple[float, float]:
         cpr += (x2 - x1) * (f1 + f2) / 2
         cmd += (x2 - x1) * (abs(1 - f1) + abs(1 - f2)) / 2
     return cpr, cmd
-
-
-def prefix(ranking: list[int], k: int, n: int) -> torch.Tensor:
-    keep = torch.zeros(n, dtype=torch.bool)
-    keep[ranking[:k]] = True
-    return keep
 
 
 def prefix_reaching(ranking: list[int], n: int, counter: EdgeCounter, edges: int) -> int:
