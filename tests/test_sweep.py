@@ -71,6 +71,12 @@ def test_two_point_multirun_logs_two_children_under_one_parent(sweep, tmp_path):
         record = json.loads(Path(record_path).read_text())
         assert record["task"] == first
         assert record["full_loss"] == metrics[names.circuit_metric(first, "full_loss")]
+        curve_path = sweep.client.download_artifacts(job.info.run_id, names.circuit_artifact(first, "curve.json"),
+                                                     str(tmp_path))
+        curve = json.loads(Path(curve_path).read_text())  # loss and f against nodes and edges (contract.md)
+        assert curve["curve_columns"] == ["nodes", "edges", "loss", "f", "search"]
+        assert "baseline" in {row[-1] for row in curve["curve"]} and all(len(r) == 5 for r in curve["curve"])
+        assert curve["full_loss"] == metrics[names.circuit_metric(first, "full_loss")]
         artifacts = {a.path for a in sweep.client.list_artifacts(job.info.run_id)}
         assert names.ARTIFACT_CONFIG in artifacts and names.ARTIFACT_CHECKPOINT_DIR in artifacts
         path = sweep.client.download_artifacts(job.info.run_id, names.ARTIFACT_CHECKPOINT, str(tmp_path))

@@ -109,7 +109,8 @@ def circuit_record(task: str, values: dict, reason: str | None, target_loss: flo
 
 def curve_record(task: str, found, target_circuit, values: dict, cfg) -> dict:
     """The JSON record of one task's faithfulness curve (`circuits/<task>.curve.json`): the baselines, the
-    target and f80 circuits, CPR and CMD with their ladder, then every evaluated node set, one per line."""
+    target and f80 circuits, CPR and CMD with their ladder, then every evaluated node set (nodes, edges, loss, f:
+    null where f is not measured, search), one per line."""
     def finite(x):
         return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
@@ -126,8 +127,8 @@ def curve_record(task: str, found, target_circuit, values: dict, cfg) -> dict:
             "cpr": finite(found.cpr), "cmd": finite(found.cmd),
             "ladder": [{"fraction": p.fraction, "nodes": p.nodes, "edges": p.edges, "loss": p.loss, "f": p.f}
                        for p in found.ladder],
-            "curve_columns": ["nodes", "edges", "loss", "search"],
-            "curve": [list(c) for c in found.curve]}
+            "curve_columns": ["nodes", "edges", "loss", "f", "search"],
+            "curve": [[nodes, edges, loss, finite(found.f(loss)), search] for nodes, edges, loss, search in found.curve]}
 
 
 def write_json(path: Path, record: dict) -> None:

@@ -297,9 +297,12 @@ def draw_curve(path: Path, curve: dict) -> Path:
     ax = fig.add_subplot()
     for search in ("target", "f80"):  # the ladder is drawn as a line below
         colour = SEARCH_COLOURS[search]
-        points = [(edges, loss) for _, edges, loss, s in curve["curve"] if s == search]
+        points = [(edges, loss) for _, edges, loss, _, s in curve["curve"] if s == search]
         if points:
             ax.scatter(*zip(*points), s=6, color=colour, alpha=0.6, lw=0, label=f"evaluated by the {search} search")
+    ends = [(edges, loss) for _, edges, loss, _, s in curve["curve"] if s == "baseline"]
+    if ends:  # the whole model and the empty set, at their edge counts (their losses are the lines below)
+        ax.scatter(*zip(*ends), s=18, color="#000000", marker="s", label="the whole model and the empty set")
     if curve["ladder"]:
         ax.plot([p["edges"] for p in curve["ladder"]], [p["loss"] for p in curve["ladder"]], "o-", ms=3, lw=1,
                 color=SEARCH_COLOURS["ladder"], label="ranking prefixes at the edge fractions (CPR, CMD)")
@@ -316,15 +319,16 @@ def draw_curve(path: Path, curve: dict) -> Path:
             ax.plot(curve[key]["edges"], curve[key]["loss"], marker, ms=9, color=colour, mec="black", mew=0.5,
                     label=f"{label}: {curve[key]['edges']:,} edges")
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=0)  # edge counts: the autoscaled margin would reach below zero
     ax.set_xlabel("circuit edges")
     ax.set_ylabel("held-out task loss (nats)")
     if curve["measurable"]:
         measures = f"CPR {curve['cpr']:.3f}, CMD {curve['cmd']:.3f}" if curve["cpr"] is not None else ""
     else:
-        gap = min(curve["empty_loss"], math.log(2)) - curve["full_loss"]
-        measures = (f"f not measured: the full model beats the empty circuit and chance by {gap:.3f} < "
-                    f"{curve['faithfulness_margin']:g} nats")
-    ax.set_title(f"{curve['task']}: loss against circuit size; {measures}", fontsize=FONT)
+        measures = (f"f not measured: the full model's {curve['full_loss']:.3f} is not "
+                    f"{curve['faithfulness_margin']:g} nats below both chance ({math.log(2):.3f}) and the empty "
+                    f"circuit ({curve['empty_loss']:.3f})")
+    ax.set_title(f"{curve['task']}: loss against circuit size\n{measures}", fontsize=FONT)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.savefig(path, dpi=DPI)
     return path
