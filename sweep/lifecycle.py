@@ -54,13 +54,21 @@ def raise_if_stopped() -> None:
 
 @contextlib.contextmanager
 def job_running():
-    """Marks the time a job runs in this process (the launching process defers its stop to it)."""
+    """Marks the time a job runs in this process (the launching process defers its stop to it); nests."""
     global _job_running
-    _job_running = True
+    before, _job_running = _job_running, True
     try:
         yield
     finally:
-        _job_running = False
+        _job_running = before
+
+
+def remember_stop(signum: int) -> None:
+    """Note a stop without acting on it: the next `raise_if_stopped` raises (the launching process's
+    backstop for an exit its signal handler raised where it may have been swallowed, in a finaliser)."""
+    global _stop_signal
+    if _stop_signal is None:
+        _stop_signal = signum
 
 
 def is_job_running() -> bool:

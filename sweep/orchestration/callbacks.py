@@ -176,7 +176,7 @@ class SweepCallback(Callback):
             print("error: no valid point in this sweep; nothing was run or logged", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
         mark_work_started()
-        self.config, self._stopping = config, False
+        self.config, self._stopping = config, None  # the signal that stopped the sweep
         # Build the corpus caches (and a BPE per tokenizer setting) and the SQLite store here, once,
         # before parallel jobs race for them.
         data_cfgs = {OmegaConf.to_yaml(cfg.data): cfg.data for (_, cfg), entry in zip(points, self.plan)
@@ -212,9 +212,9 @@ class SweepCallback(Callback):
         """SIGTERM / SIGINT in the launching process: stop the jobs (each closes its run as failed),
         close the parent run as failed with what finished, and exit; rerunning resumes. A job that runs
         in this process (joblib with one job) is asked to stop: it closes its run, then the sweep exits."""
-        if self._stopping:  # once is enough (Ctrl-C, then a SIGTERM)
+        if self._stopping is not None:  # once is enough (Ctrl-C, then a SIGTERM)
             return
-        self._stopping = True
+        self._stopping = signum
         print(f"\nsweep: signal {signum}: stopping the jobs...", file=sys.stderr, flush=True)
         lifecycle.terminate_descendants()
         # a worker killed before its job could close its run (a signal between the run's creation and
@@ -226,6 +226,8 @@ class SweepCallback(Callback):
         if lifecycle.is_job_running():  # a job in this process: it stops at its next step and closes its run
             lifecycle.request_stop(signum)
             return
+        # between jobs: exit now; should a finaliser swallow this exit, the next job stops before its run
+        lifecycle.remember_stop(signum)
         raise SystemExit(128 + signum)
 
     def _launched_results(self) -> list[dict]:
@@ -259,6 +261,8 @@ class SweepCallback(Callback):
 
     @_stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self._stopping is not None:  # stopped by a signal: the parent run is closed with its summary already
+            raise SystemExit(128 + self._stopping)
         self._record_skipped()
         summary, failed = self._end_parent_run(False)
         _, experiment_id = tracking.ensure_experiment(config.tracking)

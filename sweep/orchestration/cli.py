@@ -36,8 +36,10 @@ def hydra_job(cfg: DictConfig) -> dict:
     if multirun:
         ignore_sigint_in_worker()
     try:
-        outcome = run_job(cfg, os.environ.get(names.ENV_PARENT_RUN_ID), hc.overrides.task,
-                          _slot(hc) if multirun else 0)
+        with lifecycle.job_running():  # from here on a stop waits for the job's next step (none yet: its start)
+            lifecycle.raise_if_stopped()
+            outcome = run_job(cfg, os.environ.get(names.ENV_PARENT_RUN_ID), hc.overrides.task,
+                              _slot(hc) if multirun else 0)
     except ConfigError as e:
         if not multirun:
             raise

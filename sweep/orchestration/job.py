@@ -152,6 +152,7 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slo
             names.TAG_DEVICE: describe_device(device), names.TAG_POINT: point,
             names.TAG_DESCRIPTION: describe_start(label, cfg)}
     epochs = train_epochs(cfg, len(corpus.train))
+    lifecycle.raise_if_stopped()  # a stop that came while the job set up: no run yet
     # in a sweep the point is claimed: PointHeld if another run holds it (before anything is trained)
     with lifecycle.job_running(), JobRun(cfg, label, parent_run_id, tags, claim=parent_run_id is not None) as run:
         run.log_metrics({names.DATA_TRAIN_EPOCHS: epochs})
