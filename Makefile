@@ -27,11 +27,11 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: help install sweep search reprune frontier methods task-losses bench gpu-check test test-slow test-slurm test-postgres test-ui ui clean \
+.PHONY: help install sweep search reprune frontier methods task-losses bench circuits-bench gpu-check test test-slow test-slurm test-postgres test-ui ui clean \
 	docker-build docker-up docker-sweep docker-down
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 install: $(INSTALLED) ## create .venv and install the locked dependencies
 
@@ -59,6 +59,9 @@ task-losses: $(INSTALLED) ## full-model loss of every task on every checkpoint o
 
 bench: $(INSTALLED) ## measure where a job's time goes (sparse/dense step, MFU, prune/train, logging, memory): bench/results.md
 	$(BIN)/python -m bench $(ARGS)
+
+circuits-bench: $(INSTALLED) ## circuit discovery against circuits planted by hand, every method (a few minutes): bench/circuit-bench/; options in ARGS
+	$(BIN)/python -m bench.circuit_bench $(ARGS)
 
 gpu-check: $(INSTALLED) ## on a machine with a CUDA GPU (< 8 min): the bench on the GPU in fp32 and bf16, a 2-point paper-grid smoke; bench/gpu/results.md
 	$(BIN)/python -m bench.gpu $(ARGS)

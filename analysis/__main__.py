@@ -58,8 +58,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def compare_methods(args) -> int:
-    files, table, overlap = methods.compare(open_client(args.tracking_uri), args.experiment, args.out, not args.no_figures)
-    print(methods.summary(table, overlap))
+    files, table, overlap, apart = methods.compare(open_client(args.tracking_uri), args.experiment, args.out,
+                                                   not args.no_figures)
+    print(methods.summary(table, overlap, apart))
     print(f"wrote {', '.join(str(f) for f in files)}")
     return 0
 

@@ -8,6 +8,10 @@ per checkpoint, task and method: nodes, edges, solved), `methods_overlap.csv` (J
 the node sets of every two methods that solved the same task on the same checkpoint) and
 `methods.pdf`/`.png` (edges per checkpoint by method, one panel per task, and the overlaps). When a
 method ran more than once on a checkpoint, the newest run stands for it.
+
+`methods_disagreement.csv` takes every such pair apart on the checkpoint itself (sweep/circuits/compare.py):
+whether the shared nodes reach the target (the rest is excess) or the larger circuit without the smaller
+one's nodes still does (redundancy: a second circuit), with that second circuit's size.
 """
 
 from __future__ import annotations
@@ -21,9 +25,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+import torch
+
 from analysis import load
 from analysis.figures import MARKERS, OKABE_ITO, TWO_COLUMNS, add_legend, log_y, message, paper_style, save
 from sweep import names, points
+from sweep.circuits.compare import take_apart
+from sweep.circuits.prune import Evaluator, node_names
+from sweep.circuits.prune_stage import task_batches
 
 BEFORE = "mask (before #12)"
 ABLATION_PARAM = "prune.ablation"
@@ -87,6 +96,40 @@ def overlaps(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["checkpoint", "task", "method_a", "method_b", "nodes_a", "nodes_b", "shared", "jaccard"])
 
 
+def ablation_of(method: str) -> str:
+    return method.rsplit(", ", 1)[-1].removesuffix(" ablation")
+
+
+def disagreements(client, table: pd.DataFrame) -> pd.DataFrame:
+    """Every two methods (same ablation) that solved a task on a checkpoint, taken apart on the checkpoint."""
+    from sweep.orchestration.reprune import load_checkpoint  # the job's loading, config checks included
+
+    rows = []
+    solved = table[table["solved"] & (table["node_set"].astype(str).str.len() > 0)]
+    for train_run_id, runs in solved.groupby("train_run_id"):
+        pairs = [(task, a, b) for task, group in runs.groupby("task")
+                 for (_, a), (_, b) in itertools.combinations(group.sort_values("method").iterrows(), 2)
+                 if ablation_of(a["method"]) == ablation_of(b["method"])]
+        for ablation in sorted({ablation_of(a["method"]) for _, a, _ in pairs}):
+            _, cfg, corpus, model = load_checkpoint(client, train_run_id, [f"prune.ablation={ablation}"],
+                                                    client.tracking_uri)
+            model.eval()
+            for task, a, b in (p for p in pairs if ablation_of(p[1]["method"]) == ablation):
+                _, _, heldout, means = task_batches(model, torch.from_numpy(corpus.val), cfg, [task], corpus.tokenizer)
+                evaluator = Evaluator(model, heldout, means)
+                index = {n: i for i, n in enumerate(node_names(evaluator.sites, torch.ones(evaluator.n_nodes, dtype=torch.bool)))}
+
+                def keep(node_set: str) -> torch.Tensor:
+                    k = torch.zeros(evaluator.n_nodes, dtype=torch.bool)
+                    k[[index[n] for n in node_set.split()]] = True
+                    return k
+
+                apart = take_apart(evaluator, 0, keep(a["node_set"]), keep(b["node_set"]), cfg.prune.target_loss)
+                rows.append({"checkpoint": a["checkpoint"], "task": task, "method_a": a["method"], "method_b": b["method"],
+                             "target_loss": cfg.prune.target_loss, **apart.as_dict()})
+    return pd.DataFrame(rows)
+
+
 def methods_figure(table: pd.DataFrame, overlap: pd.DataFrame, out: Path) -> list[Path]:
     """One panel per task: edges per checkpoint, a marker per method; a last panel: the overlaps."""
     tasks = sorted(table.loc[table["solved"], "task"].unique()) or sorted(table["task"].unique())[:1]
@@ -124,8 +167,8 @@ def methods_figure(table: pd.DataFrame, overlap: pd.DataFrame, out: Path) -> lis
         return save(fig, out, "methods")
 
 
-def compare(client, experiment: str, out: Path, figures: bool = True) -> tuple[list[Path], pd.DataFrame, pd.DataFrame]:
-    """Write the methods tables (and figure) for an experiment; returns the files and both tables."""
+def compare(client, experiment: str, out: Path, figures: bool = True) -> tuple[list[Path], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Write the methods tables (and figure) for an experiment; returns the files and the three tables."""
     runs = load.select_runs(client, experiment, stage="train").runs
     try:
         runs += load.select_runs(client, experiment, stage="prune").runs
@@ -135,16 +178,18 @@ def compare(client, experiment: str, out: Path, figures: bool = True) -> tuple[l
     if table.empty:
         raise load.AnalysisError(f"no circuit metrics in experiment '{experiment}': nothing to compare")
     overlap = overlaps(table)
+    apart = disagreements(client, table)
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / "methods.csv", out / "methods_overlap.csv"]
+    files = [out / "methods.csv", out / "methods_overlap.csv", out / "methods_disagreement.csv"]
     table.to_csv(files[0], index=False)
     overlap.to_csv(files[1], index=False)
+    apart.to_csv(files[2], index=False)
     if figures:
         files += methods_figure(table, overlap, out)
-    return files, table, overlap
+    return files, table, overlap, apart
 
 
-def summary(table: pd.DataFrame, overlap: pd.DataFrame) -> str:
+def summary(table: pd.DataFrame, overlap: pd.DataFrame, apart: pd.DataFrame) -> str:
     """Median edges per method over the (checkpoint, task) pairs every method solved, and the overlaps."""
     solved = table[table["solved"]]
     n_methods = solved["method"].nunique()
@@ -155,4 +200,11 @@ def summary(table: pd.DataFrame, overlap: pd.DataFrame) -> str:
                      f"over the {len(group)} (checkpoint, task) pairs every method solved")
     for (a, b), group in overlap.groupby(["method_a", "method_b"]):
         lines.append(f"  overlap {a} vs {b}: median Jaccard {group['jaccard'].median():.2f} ({len(group)} pairs)")
+    for (a, b), group in (apart.groupby(["method_a", "method_b"]) if not apart.empty else []):
+        counts = group["verdict"].value_counts()
+        ratio = group[["nodes_a", "nodes_b"]].max(axis=1) / group[["nodes_a", "nodes_b"]].min(axis=1)
+        lines.append(f"  {a} vs {b}, taken apart ({len(group)} pairs): "
+                     + "; ".join(f"{verdict} {n}" for verdict, n in counts.items())
+                     + f"; median f of the shared nodes {group['shared_f'].median():.2f}, "
+                       f"median size ratio larger / smaller {ratio.median():.2f}")
     return "\n".join(lines)

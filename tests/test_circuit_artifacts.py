@@ -14,7 +14,7 @@ from sweep.circuits.circuit import EDGE_MATRICES, circuit_edges, circuit_record,
 from sweep.circuits.drawing import DETAIL_MAX_EDGES, NEGATIVE, POSITIVE, draw
 from sweep.circuits.prune_stage import unsolved_reason
 from sweep import names
-from tests.planted import attention_then_mlp
+from bench.planted import attention_then_mlp
 
 SUMMARY = ["task", "solved", "reason", "loss", "full_loss", "target_loss", "necessity_loss", "empty_loss",
            "n_nodes", "n_edges", "cue_distance", "ablation", "method"]
@@ -36,7 +36,7 @@ def record(task, v, nodes, edges, target=0.3):
 
 def planted_record():
     planted = attention_then_mlp()
-    nodes = planted.necessary["mean"]
+    nodes = planted.minimal["mean"][0]
     edges = circuit_edges(planted.model, nodes, planted.inputs(), planted.outputs())
     return record("planted", values(0.1, 0.05, len(nodes), len(edges)), nodes, edges)
 

@@ -14,7 +14,7 @@ from sweep.circuits.discretise import smallest_circuits
 from sweep.circuits.faithfulness import Baseline, TrialLog, area, measure, prefix, prefix_reaching
 from sweep.circuits.prune import Evaluator, node_means, node_names, node_sites
 from sweep.science.model import GPT, ModelShape
-from tests.planted import CONSTRUCTIONS, TARGET
+from bench.planted import CONSTRUCTIONS, TARGET
 
 PRUNE = OmegaConf.load("conf/prune/mean.yaml")
 MIB_FRACTIONS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
@@ -89,7 +89,7 @@ def test_the_f80_circuit_keeps_80_percent_and_needs_every_node(construction, abl
     planted = CONSTRUCTIONS[construction](seed=0)
     means = node_means(planted.model, planted.text(), 64) if ablation == "mean" else None
     cfg = OmegaConf.merge(PRUNE, {"target_loss": TARGET, "steps": 100})
-    train, heldout = [planted.batch(16, 0)], [planted.batch(32, 1)]
+    train, heldout = [planted.batch(16, "train")], [planted.batch(32, "heldout")]
     rankings = rank_nodes(planted.model, train, means, cfg)
     evaluator = Evaluator(planted.model, heldout, means)
     log = TrialLog(evaluator.losses)
@@ -103,7 +103,7 @@ def test_the_f80_circuit_keeps_80_percent_and_needs_every_node(construction, abl
 
     circuit = found.circuit
     assert circuit.solved and baseline.f(circuit.loss) >= 0.8
-    assert int(circuit.keep.sum()) <= len(planted.necessary[ablation]) == int(target.keep.sum())
+    assert int(circuit.keep.sum()) <= len(planted.minimal[ablation][0]) == int(target.keep.sum())
     for i in circuit.keep.nonzero().flatten():
         without = circuit.keep.clone()
         without[i] = False
@@ -122,7 +122,7 @@ def test_nothing_is_searched_where_f_is_not_measured():
     no ladder, NaN areas, and no evaluation beyond the baselines."""
     planted = CONSTRUCTIONS["mlp_lookup"](seed=0)
     cfg = OmegaConf.merge(PRUNE, {"target_loss": TARGET, "steps": 5})
-    evaluator = Evaluator(planted.model, [planted.batch(8, 1)], None)
+    evaluator = Evaluator(planted.model, [planted.batch(8, "heldout")], None)
     log = TrialLog(evaluator.losses)
     rankings = [[torch.rand(evaluator.n_nodes)]]
     baseline = Baseline(full=0.69, empty=0.69)

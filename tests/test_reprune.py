@@ -111,6 +111,14 @@ def test_reprune_a_whole_experiment_with_another_method_and_compare(sweep, tmp_p
         assert row["nodes_a"] == solved[(row["checkpoint"], row["method_a"])]
         assert row["nodes_b"] == solved[(row["checkpoint"], row["method_b"])]
     assert (out / "methods.png").stat().st_size > 10_000 and "overlap attribution" in compared.stdout
+    # each pair taken apart on its checkpoint: sizes as in the overlap table, one verdict each
+    apart = pd.read_csv(out / "methods_disagreement.csv")
+    both = apart.merge(overlap, on=["checkpoint", "task", "method_a", "method_b"], suffixes=("", "_overlap"))
+    assert len(apart) == len(both) == 2
+    assert (both["nodes_a"] == both["nodes_a_overlap"]).all() and (both["shared"] == both["shared_overlap"]).all()
+    assert apart["verdict"].notna().all() and (apart["target_loss"] == target).all()
+    assert (apart["shared_reaches"] == (apart["shared_loss"] <= target)).all()
+    assert "taken apart (2 pairs)" in compared.stdout
 
 
 def test_reprune_an_unknown_experiment(trained):

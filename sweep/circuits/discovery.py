@@ -7,12 +7,12 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from sweep.circuits import prune_attribution, prune_mask
+from sweep.circuits import prune_attribution, prune_greedy, prune_mask
 from sweep.circuits.discretise import Circuit, smallest_circuits
 from sweep.science.model import GPT
 from sweep.circuits.prune import Batch, Evaluator, Site
 
-METHODS = {"mask": prune_mask.rank, "attribution": prune_attribution.rank}
+METHODS = {"mask": prune_mask.rank, "attribution": prune_attribution.rank, "greedy": prune_greedy.rank}
 
 
 def rank_nodes(model: GPT, train: list[Batch], means: dict[Site, torch.Tensor] | None,

@@ -43,7 +43,12 @@ def task_names(tasks_cfg: DictConfig) -> list[str]:
 
 def check_prune_config(cfg: DictConfig) -> None:
     """Config-time checks of the pruning stage: the method and its settings, the tasks, the target."""
-    p = cfg.prune
+    check_prune_settings(cfg.prune)
+    check_tasks(cfg)
+
+
+def check_prune_settings(p: DictConfig) -> None:
+    """The `prune.` keys alone: the method, its settings, the target and the faithfulness measures."""
     for key, allowed in (("method", tuple(METHODS)), ("ablation", ABLATIONS), ("gate", GATES)):
         if p[key] not in allowed:
             raise ConfigError(f"prune.{key}", p[key], f"allowed: {', '.join(allowed)}")
@@ -68,7 +73,6 @@ def check_prune_config(cfg: DictConfig) -> None:
     temperature = list(p.temperature) if isinstance(p.temperature, ListConfig) else None
     if not temperature or len(temperature) != 2 or not all(_positive(t) for t in temperature):
         raise ConfigError("prune.temperature", p.temperature, "must be [start, end], two numbers > 0")
-    check_tasks(cfg)
 
 
 def check_tasks(cfg: DictConfig, tokenizer: Tokenizer = BYTES) -> None:
@@ -134,20 +138,29 @@ def unsolved_reason(values: dict, target_loss: float) -> str | None:
             f"but no circuit under the pruning budget did")
 
 
-def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metrics, log_artifacts,
-                tokenizer: Tokenizer = BYTES) -> dict:
-    """Prune every task (and the control) in one optimisation; measure faithfulness; log metrics and artifacts."""
-    start = time.perf_counter()
+def task_batches(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, task_list: list[str],
+                 tokenizer: Tokenizer = BYTES) -> tuple[list[tasks.TaskSet], list, list, dict | None]:
+    """What a job prunes on: each task's prompts (drawn from the run's seed), its train and held-out
+    batches on the model's device, and the node means (None under zero ablation)."""
     device = next(model.parameters()).device
-    p, n_ctx = cfg.prune, cfg.model.n_ctx
-    task_list = [*task_names(cfg.tasks), tasks.CONTROL]
+    n_ctx = cfg.model.n_ctx
     sets = [tasks.generate(n, cfg.tasks.n_train, cfg.tasks.n_heldout, run_seed(cfg), n_ctx, cfg.tasks.preamble)
             for n in task_list]
     on_device = lambda batch: tuple(t.to(device) for t in batch)  # noqa: E731
     train = [on_device(tasks.encode(s.train, tokenizer, n_ctx)) for s in sets]
     heldout = [on_device(tasks.encode(s.heldout, tokenizer, n_ctx)) for s in sets]
-    text, _ = eval_windows(val_tokens, n_ctx, p.mean_windows)
-    means = node_means(model, text.to(device), cfg.train.batch_size) if p.ablation == "mean" else None
+    text, _ = eval_windows(val_tokens, n_ctx, cfg.prune.mean_windows)
+    means = node_means(model, text.to(device), cfg.train.batch_size) if cfg.prune.ablation == "mean" else None
+    return sets, train, heldout, means
+
+
+def run_pruning(model: GPT, val_tokens: torch.Tensor, cfg: DictConfig, log_metrics, log_artifacts,
+                tokenizer: Tokenizer = BYTES) -> dict:
+    """Prune every task (and the control) in one optimisation; measure faithfulness; log metrics and artifacts."""
+    start = time.perf_counter()
+    p = cfg.prune
+    task_list = [*task_names(cfg.tasks), tasks.CONTROL]
+    sets, train, heldout, means = task_batches(model, val_tokens, cfg, task_list, tokenizer)
     rankings = rank_nodes(model, train, means, p)
     evaluator = Evaluator(model, heldout, means)
     log = TrialLog(evaluator.losses)

@@ -57,19 +57,23 @@ def repruned_config(cfg, overrides: list[str], tracking_uri: str):
     return cfg
 
 
-def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_TRACKING_URI, parent_run_id: str | None = None) -> str:
-    """Prune the checkpoint of `run_id` with changed prune / task settings; return the new run's id.
-    The new run joins `parent_run_id`, or the training run's own parent."""
-    check_overrides(overrides)
-    client = tracking.open_store(tracking_uri)
+def load_checkpoint(client, run_id: str, overrides: list[str], tracking_uri: str):
+    """A training run, its config with the new settings (validated), its corpus and its model, on the
+    device its config names."""
     with tempfile.TemporaryDirectory() as tmp:
         train_run, cfg, stored = tracking.load_training_run(client, run_id, Path(tmp))
         cfg = repruned_config(cfg, overrides, tracking_uri)
         torch.set_num_threads(cfg.train.threads)
         corpus = load_corpus(cfg.data, Path(cfg.data.cache_dir))
         model, _ = checkpoint.load(stored, run_id, cfg, corpus.tokenizer.hash)  # trained on this tokenizer?
-        model.to(resolve_device(cfg.train.device))
+    return train_run, cfg, corpus, model.to(resolve_device(cfg.train.device))
 
+
+def reprune(run_id: str, overrides: list[str], tracking_uri: str = DEFAULT_TRACKING_URI, parent_run_id: str | None = None) -> str:
+    """Prune the checkpoint of `run_id` with changed prune / task settings; return the new run's id.
+    The new run joins `parent_run_id`, or the training run's own parent."""
+    check_overrides(overrides)
+    train_run, cfg, corpus, model = load_checkpoint(tracking.open_store(tracking_uri), run_id, overrides, tracking_uri)
     exit_on_sigterm()
     label = f"{point_label(cfg)} prune {' '.join(overrides)}".strip()
     tags = {names.TAG_STAGE: names.STAGE_PRUNE, names.TAG_TRAIN_RUN: run_id, names.TAG_CORPUS_HASH: corpus.corpus_hash,
