@@ -206,5 +206,9 @@ def summary(table: pd.DataFrame, overlap: pd.DataFrame, apart: pd.DataFrame) -> 
         lines.append(f"  {a} vs {b}, taken apart ({len(group)} pairs): "
                      + "; ".join(f"{verdict} {n}" for verdict, n in counts.items())
                      + f"; median f of the shared nodes {group['shared_f'].median():.2f}, "
-                       f"median size ratio larger / smaller {ratio.median():.2f}")
+                       f"median size ratio larger / smaller {ratio.median():.2f}; nodes that can go alone, median "
+                       f"{group['removable_a'].median():g} of {group['nodes_a'].median():g} ({a}) and "
+                       f"{group['removable_b'].median():g} of {group['nodes_b'].median():g} ({b}); made minimal: "
+                       f"{group['nodes_a_minimal'].median():g} and {group['nodes_b_minimal'].median():g} nodes, "
+                       f"median Jaccard {group['jaccard_minimal'].median():.2f}")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import math
+import platform
 import statistics
 import sys
 import time
@@ -39,6 +40,7 @@ from sweep.circuits.prune import Evaluator, node_means, node_names
 from sweep.errors import EXIT_BAD_INPUT, ConfigError
 from sweep.orchestration.validate import validate
 from sweep.paths import PROJECT_ROOT
+from sweep.tracking import git_commit
 
 OUT = PROJECT_ROOT / "bench" / "circuit-bench"
 N_TRAIN, N_HELDOUT = 16, 32  # pairs a method fits on, pairs the circuits are judged on
@@ -58,13 +60,13 @@ def score(found: set[str], minimal: list[list[str]]) -> dict:
     hit, size = len(found & set(nearest)), len(nearest)
     missing, extra = size - hit, len(found) - hit
     holds = sum(set(c) <= found for c in minimal)
+    beyond = len(found - set().union(*map(set, minimal)))  # nodes of no minimal circuit
     if not found:
         outcome = "no circuit found"
     elif not missing and not extra:
         outcome = "exact"
     elif holds > 1:
-        outcome = f"the union of {holds} minimal circuits" + (f" (+{len(found - set().union(*map(set, minimal)))} more)"
-                                                               if not found <= set().union(*map(set, minimal)) else "")
+        outcome = f"the union of {holds} minimal circuits" + (f" (+{beyond} more)" if beyond else "")
     else:
         outcome = ", ".join(part for part in (f"{missing} missing" if missing else "", f"+{extra} extra" if extra else "")
                             if part)
@@ -249,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
                 bar.update()
             rows.append(summarise(construction, ablation, method, cell))
     settings = {"draws": args.draws, "target_loss": TARGET, "n_train_pairs": N_TRAIN, "n_heldout_pairs": N_HELDOUT,
-                "overrides": args.overrides, "torch": torch.__version__}
+                "overrides": args.overrides, "torch": torch.__version__, "commit": git_commit(),
+                "machine": platform.processor() or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     write(rows, draws, settings, args.out)
     print(markdown(rows))
     print(f"written: {', '.join(str(args.out / n) for n in ('results.csv', 'results.json', 'results.md', 'recovery.png'))}")

@@ -58,6 +58,7 @@ def test_scores_by_hand():
                                                                "nearest": None, "outcome": "exact"}
     union = score({"n1", "n2", "n3", "n4", "n5"}, [a, b])
     assert union["outcome"] == "the union of 2 minimal circuits" and union["precision"] == pytest.approx(3 / 5)
+    assert score({"n1", "n2", "n3", "n4", "n5", "q"}, [a, b])["outcome"] == "the union of 2 minimal circuits (+1 more)"
     extra = score({"n1", "n2", "x"}, [a, b])
     assert extra["outcome"] == "+1 extra" and extra["nearest"] == a and extra["recall"] == 1.0
     assert score({"n3", "y"}, [a, b])["outcome"] == "2 missing, +1 extra"
@@ -166,6 +167,7 @@ def test_two_circuits_taken_apart_tell_redundancy_from_excess():
     first, second = (keep_of(check, c) for c in planted.minimal["mean"])
     apart = take_apart(check, 0, first, second, 0.15)
     assert apart.verdict == REDUNDANT and apart.shared == 0 and not apart.shared_reaches
+    assert apart.removable_a == apart.removable_b == 0
     assert apart.second_circuit_nodes == max(len(c) for c in planted.minimal["mean"])
 
     lookup = CONSTRUCTIONS["mlp_lookup"](0)
@@ -174,4 +176,6 @@ def test_two_circuits_taken_apart_tell_redundancy_from_excess():
     padded = circuit | keep_of(check, ["layer.1.mlp.hidden[7]", "layer.0.attn.q[20]"])
     apart = take_apart(check, 0, padded, circuit, 0.15)
     assert apart.verdict == EXCESS and apart.shared == 4 and apart.nodes_a == 6 and apart.jaccard == pytest.approx(4 / 6)
+    assert (apart.removable_a, apart.removable_b) == (2, 0)
+    assert apart.nodes_a_minimal == apart.nodes_b_minimal == 4 and apart.jaccard_minimal == 1.0
     assert take_apart(check, 0, circuit, circuit.clone(), 0.15).verdict == SAME

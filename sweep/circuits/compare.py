@@ -6,8 +6,13 @@ On the task's held-out prompts, at the run's target and ablation:
   and each method's other nodes are excess.
 - the larger set without the smaller one's nodes: does it still reach the target? Then the larger set
   holds a second circuit, disjoint from the smaller one; the minimality pass finds its size.
-- neither: two different minimal circuits around a shared core (after the minimality pass no node of
-  either can go, so neither test can pass unless the two are disjoint or one holds needless nodes);
+- how many nodes of each set can go alone (the set without that one node still reaches the target):
+  the minimality pass leaves none where losses rise as nodes go, but a loss that is not monotone
+  (a head kept in part writes noise) can leave some;
+- the overlap once both sets are made minimal (the pass repeated on each until no node can go alone):
+  how much of the low overlap is that excess;
+- neither: two different minimal circuits around a shared core (with no node of either that can go,
+  neither test can pass unless the two are disjoint or one holds needless nodes);
   the faithfulness of the shared core, f = (L_empty - L_shared) / (L_empty - L_full), says how much of
   the task's ability the nodes both methods chose carry.
 """
@@ -21,9 +26,9 @@ import torch
 from sweep.circuits.discretise import Found, minimality_pass, run_searches
 from sweep.circuits.prune import Evaluator
 
-SAME, EXCESS, REDUNDANT, SHARED_CORE = ("same circuit", "excess: the shared nodes are a circuit",
-                                       "redundancy: the larger set holds a second, disjoint circuit",
-                                       "two minimal circuits around a shared core")
+SAME, EXCESS, REDUNDANT, NOT_MINIMAL, SHARED_CORE = (
+    "same circuit", "excess: the shared nodes are a circuit", "redundancy: the larger set holds a second, disjoint circuit",
+    "excess: nodes of a circuit can go alone", "two minimal circuits around a shared core")
 
 
 @dataclass
@@ -35,6 +40,11 @@ class Disagreement:
     shared_loss: float  # held-out loss of the intersection
     shared_reaches: bool
     shared_f: float  # faithfulness of the intersection
+    removable_a: int  # nodes of a that can go alone
+    removable_b: int
+    nodes_a_minimal: int  # a after the pass is repeated until no node can go alone
+    nodes_b_minimal: int
+    jaccard_minimal: float  # the overlap of those two
     larger_without_smaller_loss: float
     second_circuit_nodes: float  # the minimality pass on the larger set without the smaller one; NaN: none
     verdict: str
@@ -50,6 +60,8 @@ def take_apart(evaluator: Evaluator, task: int, a: torch.Tensor, b: torch.Tensor
     rest = larger & ~smaller
     full, empty, shared_loss, rest_loss = evaluator.losses([(task, torch.ones_like(a)), (task, torch.zeros_like(a)),
                                                             (task, shared), (task, rest)])
+    removable = [_removable(evaluator, task, keep, target) for keep in (a, b)]
+    a_min, b_min = (_until_minimal(evaluator, task, keep, target) for keep in (a, b))
     second = float("nan")
     if rest_loss <= target:
         order = rest.nonzero().flatten().tolist()  # forward order: the pass drops the output end first
@@ -62,7 +74,34 @@ def take_apart(evaluator: Evaluator, task: int, a: torch.Tensor, b: torch.Tensor
         verdict = EXCESS
     elif rest_loss <= target:
         verdict = REDUNDANT
+    elif any(removable):
+        verdict = NOT_MINIMAL
     else:
         verdict = SHARED_CORE
     return Disagreement(int(a.sum()), int(b.sum()), n_shared, n_shared / int((a | b).sum()), shared_loss,
-                        shared_loss <= target, (empty - shared_loss) / (empty - full), rest_loss, second, verdict)
+                        shared_loss <= target, (empty - shared_loss) / (empty - full), *removable, int(a_min.sum()),
+                        int(b_min.sum()), int((a_min & b_min).sum()) / int((a_min | b_min).sum()), rest_loss, second,
+                        verdict)
+
+
+def _until_minimal(evaluator: Evaluator, task: int, keep: torch.Tensor, target: float, rounds: int = 10) -> torch.Tensor:
+    """The minimality pass (output end first) repeated until it drops nothing: no node of the result
+    can go alone."""
+    for _ in range(rounds):
+        (loss,) = evaluator.losses([(task, keep)])
+        order = keep.nonzero().flatten().tolist()
+        (found,) = run_searches([(task, minimality_pass(Found(keep, loss, order), target))], evaluator.losses)
+        if torch.equal(found.keep, keep):
+            break
+        keep = found.keep
+    return keep
+
+
+def _removable(evaluator: Evaluator, task: int, keep: torch.Tensor, target: float) -> int:
+    """Nodes of `keep` whose removal alone leaves a set that still reaches the target."""
+    trials = []
+    for node in keep.nonzero().flatten().tolist():
+        trial = keep.clone()
+        trial[node] = False
+        trials.append((task, trial))
+    return sum(loss <= target for loss in evaluator.losses(trials))
