@@ -31,11 +31,12 @@ from analysis import load
 from analysis.figures import MARKERS, OKABE_ITO, TWO_COLUMNS, add_legend, log_y, message, paper_style, save
 from sweep import names, points
 from sweep.circuits.compare import take_apart
-from sweep.circuits.prune import Evaluator, node_names
+from sweep.circuits.prune import Evaluator, keep_of
 from sweep.circuits.prune_stage import task_batches
 
 BEFORE = "mask (before #12)"
 ABLATION_PARAM = "prune.ablation"
+TARGET_PARAM = "prune.target_loss"
 
 
 def method_label(params: dict) -> str:
@@ -67,6 +68,7 @@ def method_rows(client, runs: list) -> pd.DataFrame:
                              "edges": metrics.get(names.circuit_metric(task, "edges")),
                              "nodes_before_pass": metrics.get(names.circuit_metric(task, "nodes_before_pass")),
                              "node_set": " ".join(nodes),
+                             "target_loss": float(params.get(TARGET_PARAM, "nan")),
                              "width": float(params.get(load.WIDTH, 1)), "density": float(params.get(load.DENSITY, 1))})
     table = pd.DataFrame(rows)
     if table.empty:
@@ -101,33 +103,43 @@ def ablation_of(method: str) -> str:
 
 
 def disagreements(client, table: pd.DataFrame) -> pd.DataFrame:
-    """Every two methods (same ablation) that solved a task on a checkpoint, taken apart on the checkpoint."""
-    from sweep.orchestration.reprune import load_checkpoint  # the job's loading, config checks included
-
+    """Every two methods that solved a task on a checkpoint at the same ablation and target, taken apart on
+    the checkpoint."""
     rows = []
-    solved = table[table["solved"] & (table["node_set"].astype(str).str.len() > 0)]
+    # a solved circuit whose node list could not be read (an older run without the artifact) is left out
+    solved = table[table["solved"] & ((table["node_set"].fillna("").str.len() > 0) | (table["nodes"] == 0))]
     for train_run_id, runs in solved.groupby("train_run_id"):
         pairs = [(task, a, b) for task, group in runs.groupby("task")
                  for (_, a), (_, b) in itertools.combinations(group.sort_values("method").iterrows(), 2)
-                 if ablation_of(a["method"]) == ablation_of(b["method"])]
-        for ablation in sorted({ablation_of(a["method"]) for _, a, _ in pairs}):
-            _, cfg, corpus, model = load_checkpoint(client, train_run_id, [f"prune.ablation={ablation}"],
-                                                    client.tracking_uri)
-            model.eval()
-            for task, a, b in (p for p in pairs if ablation_of(p[1]["method"]) == ablation):
-                _, _, heldout, means = task_batches(model, torch.from_numpy(corpus.val), cfg, [task], corpus.tokenizer)
-                evaluator = Evaluator(model, heldout, means)
-                index = {n: i for i, n in enumerate(node_names(evaluator.sites, torch.ones(evaluator.n_nodes, dtype=torch.bool)))}
-
-                def keep(node_set: str) -> torch.Tensor:
-                    k = torch.zeros(evaluator.n_nodes, dtype=torch.bool)
-                    k[[index[n] for n in node_set.split()]] = True
-                    return k
-
-                apart = take_apart(evaluator, 0, keep(a["node_set"]), keep(b["node_set"]), cfg.prune.target_loss)
-                rows.append({"checkpoint": a["checkpoint"], "task": task, "method_a": a["method"], "method_b": b["method"],
-                             "target_loss": cfg.prune.target_loss, **apart.as_dict()})
+                 if _setting(a) == _setting(b)]
+        for setting in sorted({_setting(a) for _, a, _ in pairs}):
+            rows += _take_apart_on(client, train_run_id, setting, [p for p in pairs if _setting(p[1]) == setting])
     return pd.DataFrame(rows)
+
+
+def _setting(row) -> tuple[str, float]:
+    """What two circuits must share to be compared: the ablation and the target loss."""
+    return ablation_of(row["method"]), row["target_loss"]
+
+
+def _take_apart_on(client, train_run_id: str, setting: tuple[str, float], pairs: list) -> list[dict]:
+    """The checkpoint loaded once under the setting; each pair taken apart on its task's held-out prompts."""
+    from sweep.orchestration.reprune import load_checkpoint  # the job's loading, config checks included
+
+    ablation, target = setting
+    _, cfg, corpus, model = load_checkpoint(client, train_run_id, [f"prune.ablation={ablation}",
+                                                                   f"prune.target_loss={target}"], client.tracking_uri)
+    model.eval()
+    rows = []
+    for task, a, b in pairs:
+        _, _, heldout, means = task_batches(model, torch.from_numpy(corpus.val), cfg, [task], corpus.tokenizer)
+        evaluator = Evaluator(model, heldout, means)
+        a_keep, b_keep = (keep_of(evaluator.sites, x["node_set"].split() if isinstance(x["node_set"], str) else [])
+                          for x in (a, b))
+        apart = take_apart(evaluator, 0, a_keep, b_keep, target)
+        rows.append({"checkpoint": a["checkpoint"], "task": task, "method_a": a["method"], "method_b": b["method"],
+                     "target_loss": target, **apart.as_dict()})
+    return rows
 
 
 def methods_figure(table: pd.DataFrame, overlap: pd.DataFrame, out: Path) -> list[Path]:

@@ -23,6 +23,7 @@ What each construction tests of a discovery method:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ from typing import Callable
 import torch
 
 from sweep.circuits import tasks
-from sweep.circuits.prune import Evaluator, node_names
+from sweep.circuits.prune import Evaluator, keep_of
 from sweep.science.model import GPT, ModelShape
 
 D_MODEL, N_LAYER, D_HEAD, D_MLP, N_CTX = 32, 2, 16, 128, 16
@@ -102,19 +103,13 @@ def prove(planted: Planted, evaluator: Evaluator, ablation: str, target: float =
     some C_i whole (else pick, from every C_i, a node outside S: the whole model without those holds S
     and would reach the target), so the C_i are exactly the minimal circuits. With none claimed: the
     whole model misses the target, and no circuit of its ability exists."""
-    names = node_names(evaluator.sites, torch.ones(evaluator.n_nodes, dtype=torch.bool))
-    index = {name: i for i, name in enumerate(names)}
     everything = torch.ones(evaluator.n_nodes, dtype=torch.bool)
-
-    def keep(nodes) -> torch.Tensor:
-        k = torch.zeros(evaluator.n_nodes, dtype=torch.bool)
-        k[[index[n] for n in nodes]] = True
-        return k
-
     circuits = planted.minimal[ablation]
-    unknown = {n for c in circuits for n in c} - set(index)
-    if unknown:
-        raise NotProven(f"{planted.name}: no such nodes {sorted(unknown)}")
+    try:
+        keep_of(evaluator.sites, {n for c in circuits for n in c})
+    except KeyError as e:
+        raise NotProven(f"{planted.name}: {e}") from None
+    keep = functools.partial(keep_of, evaluator.sites)
     (full,) = evaluator.losses([(0, everything)])
     if not circuits:
         if full <= target:
@@ -139,8 +134,7 @@ def prove(planted: Planted, evaluator: Evaluator, ablation: str, target: float =
 def prove_spurious(planted: Planted, evaluator: Evaluator, ablation: str, target: float = TARGET) -> None:
     """Check that `planted.spurious` alone reaches the target on the evaluator's (train) prompts, so that
     a method fitted there is tempted by a path that fails on held-out prompts (raises NotProven)."""
-    names = node_names(evaluator.sites, torch.ones(evaluator.n_nodes, dtype=torch.bool))
-    (loss,) = evaluator.losses([(0, torch.tensor([n in planted.spurious for n in names]))])
+    (loss,) = evaluator.losses([(0, keep_of(evaluator.sites, planted.spurious))])
     if loss > target:
         raise NotProven(f"{planted.name} ({ablation}): the spurious path alone has train loss {loss:.3f} > {target}")
 

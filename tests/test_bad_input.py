@@ -25,7 +25,7 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["tasks.suite=huge"], "tasks.suite", "allowed: paper, quick"),
     (["prune.target_loss=0"], "prune.target_loss", "> 0"),
     (["prune.ablation=resample"], "prune.ablation", "allowed: mean, zero"),
-    (["prune.method=magic"], "prune.method", "allowed: mask, attribution"),
+    (["prune.method=magic"], "prune.method", "allowed: mask, attribution, greedy"),
     (["prune.restarts=0"], "prune.restarts", "integer >= 1"),
     (["prune.penalty=[]"], "prune.penalty", "non-empty list"),
     (["prune.penalty=[0.001,-0.01]"], "prune.penalty", ">= 0"),

@@ -14,7 +14,7 @@ from bench.planted import ABLATIONS, CONSTRUCTIONS, NotProven, Planted, prove, p
 from conftest import PROJECT_ROOT
 from sweep.circuits.circuit import circuit_edges
 from sweep.circuits.discovery import METHODS
-from sweep.circuits.prune import Evaluator, node_means
+from sweep.circuits.prune import Evaluator, keep_of, node_means
 
 N_HELDOUT = 32
 SOMETHING_TO_FIND = ["mlp_lookup", "attention_then_mlp", "two_hop_attention"]  # (a)-(c)
@@ -150,13 +150,6 @@ def test_the_greedy_search_keeps_the_planted_circuit_before_the_minimality_pass(
     assert torch.is_tensor(circuit.keep)
 
 
-def keep_of(found_by: Evaluator, nodes) -> torch.Tensor:
-    from sweep.circuits.prune import node_names
-
-    names = node_names(found_by.sites, torch.ones(found_by.n_nodes, dtype=torch.bool))
-    return torch.tensor([n in set(nodes) for n in names])
-
-
 def test_two_circuits_taken_apart_tell_redundancy_from_excess():
     """sweep/circuits/compare.py on known answers: the two disjoint circuits of `redundancy` are two
     circuits; a circuit with extra nodes against the circuit itself is excess; the same set is the same."""
@@ -164,7 +157,7 @@ def test_two_circuits_taken_apart_tell_redundancy_from_excess():
 
     planted = CONSTRUCTIONS["redundancy"](0)
     check = evaluator(planted, "mean")
-    first, second = (keep_of(check, c) for c in planted.minimal["mean"])
+    first, second = (keep_of(check.sites, c) for c in planted.minimal["mean"])
     apart = take_apart(check, 0, first, second, 0.15)
     assert apart.verdict == REDUNDANT and apart.shared == 0 and not apart.shared_reaches
     assert apart.removable_a == apart.removable_b == 0
@@ -172,8 +165,8 @@ def test_two_circuits_taken_apart_tell_redundancy_from_excess():
 
     lookup = CONSTRUCTIONS["mlp_lookup"](0)
     check = evaluator(lookup, "mean")
-    circuit = keep_of(check, lookup.minimal["mean"][0])
-    padded = circuit | keep_of(check, ["layer.1.mlp.hidden[7]", "layer.0.attn.q[20]"])
+    circuit = keep_of(check.sites, lookup.minimal["mean"][0])
+    padded = circuit | keep_of(check.sites, ["layer.1.mlp.hidden[7]", "layer.0.attn.q[20]"])
     apart = take_apart(check, 0, padded, circuit, 0.15)
     assert apart.verdict == EXCESS and apart.shared == 4 and apart.nodes_a == 6 and apart.jaccard == pytest.approx(4 / 6)
     assert (apart.removable_a, apart.removable_b) == (2, 0)

@@ -13,7 +13,7 @@ from sweep.circuits.drawing import draw
 from sweep.circuits.discovery import find_circuits
 from sweep.circuits.discretise import smallest_circuits
 from sweep.science.model import GPT, ModelShape
-from sweep.circuits.prune import Evaluator, NodeMasks, node_names, node_sites
+from sweep.circuits.prune import Evaluator, NodeMasks, keep_of, node_names, node_sites
 
 PRUNE = OmegaConf.load("conf/prune/mean.yaml")
 PLANTED = ["layer.0.mlp.in[0]", "layer.0.mlp.hidden[0]", "layer.0.mlp.hidden[1]", "layer.0.mlp.out[1]"]
@@ -136,7 +136,7 @@ def planted_task(n: int, seed: int):
     return tasks.encode(examples)
 
 
-@pytest.mark.parametrize("method", ["mask", "attribution"])
+@pytest.mark.parametrize("method", ["mask", "attribution", "greedy"])
 def test_two_tasks_and_a_penalty_ladder_in_one_search(method):
     model = planted_model()  # under zero ablation all four planted nodes are needed (mean: hidden[0]'s mean will do)
     chance = tasks.encode([tasks.Example("cc" + c, "q", "r") for c in "cdefgh" for _ in range(4)])
@@ -191,3 +191,12 @@ def test_cue_distance_aligns_the_prompts_at_their_ends():
     assert tasks._first_difference_from_end(list(b"x = 'abc"), list(b'x = "abc')) == 3
     assert tasks._first_difference_from_end(list(b"while True"), list(b"return True")) == 5
     assert tasks._first_difference_from_end(list(b"[1]"), list(b"[[1]")) == 3  # one prompt ends the other
+
+
+def test_keep_of_is_the_inverse_of_node_names():
+    model = planted_model()
+    sites = node_sites(model)
+    keep = keep_of(sites, PLANTED)
+    assert int(keep.sum()) == 4 and node_names(sites, keep) == PLANTED
+    with pytest.raises(KeyError, match="layer.9.mlp.in"):
+        keep_of(sites, [*PLANTED, "layer.9.mlp.in[0]"])

@@ -80,31 +80,31 @@ def test_reprune_a_whole_experiment_with_another_method_and_compare(sweep, tmp_p
     target = max(r.data.metrics[names.circuit_metric("else_elif", "full_loss")] for r in runs) + 0.02
     common = ["--experiment", "frontier", f"prune.target_loss={target}", "tasks.names=[else_elif]"]
 
-    for method in ("attribution", "mask"):
+    for method in ("attribution", "mask", "greedy"):
         first = reprune(sweep, *common, f"prune.method={method}")
         assert first.returncode == 0, first.stderr[-3000:]
     repruned = [r for r in sweep.runs() if r.data.tags.get(names.TAG_STAGE) == "prune"]
-    assert len(repruned) == 4 and {r.data.tags[names.TAG_TRAIN_RUN] for r in repruned} == trained
-    assert {r.data.params["prune.method"] for r in repruned} == {"attribution", "mask"}
+    assert len(repruned) == 6 and {r.data.tags[names.TAG_TRAIN_RUN] for r in repruned} == trained
+    assert {r.data.params["prune.method"] for r in repruned} == {"attribution", "mask", "greedy"}
     assert all(r.info.status == "FINISHED" and r.data.metrics[names.circuit_metric("else_elif", "solved")] == 1
                for r in repruned)
     parents = {r.data.tags[names.TAG_PARENT] for r in repruned}
-    assert len(parents) == 2 and all(sweep.client.get_run(p).data.tags[names.TAG_KIND] == names.KIND_PARENT for p in parents)
+    assert len(parents) == 3 and all(sweep.client.get_run(p).data.tags[names.TAG_KIND] == names.KIND_PARENT for p in parents)
 
     again = reprune(sweep, *common, "prune.method=attribution")  # matched by config hash: nothing left to do
     assert again.returncode == 0 and "re-pruning 0 of 2" in again.stdout
-    assert len([r for r in sweep.runs() if r.data.tags.get(names.TAG_STAGE) == "prune"]) == 4
+    assert len([r for r in sweep.runs() if r.data.tags.get(names.TAG_STAGE) == "prune"]) == 6
 
     out = tmp_path / "methods"
     compared = subprocess.run([sys.executable, "-m", "analysis", "methods", "--experiment", "frontier", "--out", str(out),
                                "--tracking-uri", sweep.uri], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert compared.returncode == 0, compared.stderr[-3000:]
     table = pd.read_csv(out / "methods.csv")
-    assert set(table["method"]) == {"attribution, mean ablation", "mask, mean ablation"}
+    assert set(table["method"]) == {"attribution, mean ablation", "mask, mean ablation", "greedy, mean ablation"}
     # per checkpoint and method one else_elif row: the mask re-prune stands for the training run's own pruning
-    assert len(table[table["task"] == "else_elif"]) == 4
+    assert len(table[table["task"] == "else_elif"]) == 6
     overlap = pd.read_csv(out / "methods_overlap.csv")
-    assert len(overlap) == 2 and overlap["jaccard"].between(0, 1).all()
+    assert len(overlap) == 6 and overlap["jaccard"].between(0, 1).all()
     assert (overlap["shared"] <= overlap[["nodes_a", "nodes_b"]].min(axis=1)).all()
     solved = table[table["task"] == "else_elif"].set_index(["checkpoint", "method"])["nodes"]
     for _, row in overlap.iterrows():  # the node sets read back from the circuit artifacts match the metrics
@@ -114,7 +114,7 @@ def test_reprune_a_whole_experiment_with_another_method_and_compare(sweep, tmp_p
     # each pair taken apart on its checkpoint: sizes as in the overlap table, one verdict each
     apart = pd.read_csv(out / "methods_disagreement.csv")
     both = apart.merge(overlap, on=["checkpoint", "task", "method_a", "method_b"], suffixes=("", "_overlap"))
-    assert len(apart) == len(both) == 2
+    assert len(apart) == len(both) == 6
     assert (both["nodes_a"] == both["nodes_a_overlap"]).all() and (both["shared"] == both["shared_overlap"]).all()
     assert apart["verdict"].notna().all() and (apart["target_loss"] == target).all()
     assert (apart["shared_reaches"] == (apart["shared_loss"] <= target)).all()

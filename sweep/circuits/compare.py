@@ -78,10 +78,15 @@ def take_apart(evaluator: Evaluator, task: int, a: torch.Tensor, b: torch.Tensor
         verdict = NOT_MINIMAL
     else:
         verdict = SHARED_CORE
-    return Disagreement(int(a.sum()), int(b.sum()), n_shared, n_shared / int((a | b).sum()), shared_loss,
-                        shared_loss <= target, (empty - shared_loss) / (empty - full), *removable, int(a_min.sum()),
-                        int(b_min.sum()), int((a_min & b_min).sum()) / int((a_min | b_min).sum()), rest_loss, second,
-                        verdict)
+    return Disagreement(int(a.sum()), int(b.sum()), n_shared, _jaccard(a, b), shared_loss, shared_loss <= target,
+                        (empty - shared_loss) / (empty - full), *removable, int(a_min.sum()), int(b_min.sum()),
+                        _jaccard(a_min, b_min), rest_loss, second, verdict)
+
+
+def _jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Shared over either; two empty sets are the same set."""
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else 1.0
 
 
 def _until_minimal(evaluator: Evaluator, task: int, keep: torch.Tensor, target: float, rounds: int = 10) -> torch.Tensor:

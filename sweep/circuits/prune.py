@@ -87,6 +87,16 @@ def node_names(sites: dict[Site, int], keep: torch.Tensor) -> list[str]:
             for c in k[0].nonzero().flatten()]
 
 
+def keep_of(sites: dict[Site, int], nodes) -> torch.Tensor:
+    """The (n_nodes,) bool keep-vector of some node names: the inverse of `node_names` (KeyError: a name
+    that is no node of these sites)."""
+    names = node_names(sites, torch.ones(sum(sites.values()), dtype=torch.bool))
+    wanted = set(nodes)
+    if unknown := wanted - set(names):
+        raise KeyError(f"no such nodes: {sorted(unknown)}")
+    return torch.tensor([n in wanted for n in names])
+
+
 def stack_batches(batches: list[Batch]) -> tuple[Batch, torch.Tensor]:
     """Concatenate batches (padding tokens to one length) and say which batch each example came from."""
     length = max(b[0].shape[1] for b in batches)
