@@ -387,3 +387,4 @@ CONSTRUCTIONS = {"mlp_lookup": mlp_lookup, "attention_then_mlp": attention_then_
                  "two_hop_attention": two_hop_attention, "redundancy": redundancy, "spread_cue": spread_cue,
                  "deep_chain": deep_chain, "spurious_cue": spurious_cue, "random_init": random_init,
                  "shuffled": shuffled, "control": control}
+NOTHING_TO_FIND = ("random_init", "shuffled", "control")  # (h): the whole model misses the target

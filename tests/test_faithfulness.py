@@ -14,7 +14,7 @@ from sweep.circuits.discretise import smallest_circuits
 from sweep.circuits.faithfulness import Baseline, TrialLog, area, measure, prefix, prefix_reaching
 from sweep.circuits.prune import Evaluator, node_means, node_names, node_sites
 from sweep.science.model import GPT, ModelShape
-from bench.planted import CONSTRUCTIONS, TARGET
+from bench.planted import CONSTRUCTIONS, NOTHING_TO_FIND, TARGET
 
 PRUNE = OmegaConf.load("conf/prune/mean.yaml")
 MIB_FRACTIONS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
@@ -76,15 +76,15 @@ def test_the_smallest_prefix_reaching_an_edge_count():
         assert counts[k] >= wanted and (k == 0 or counts[k - 1] < wanted)
 
 
-IN_MAKE_TEST = {("attention_then_mlp", "mean"), ("two_hop_attention", "zero")}  # the other four in make test-slow
+IN_MAKE_TEST = {("attention_then_mlp", "mean"), ("two_hop_attention", "zero")}  # the others in make test-slow
 
 
 @pytest.mark.parametrize("construction,ablation", [
     pytest.param(c, a, marks=() if (c, a) in IN_MAKE_TEST else pytest.mark.slow)
-    for c in CONSTRUCTIONS for a in ("mean", "zero")])
+    for c in CONSTRUCTIONS if c not in NOTHING_TO_FIND for a in ("mean", "zero")])
 def test_the_f80_circuit_keeps_80_percent_and_needs_every_node(construction, ablation):
     """On a planted model: the f80 circuit reaches f >= 0.8, dropping any one of its nodes falls below, it
-    is no larger than the planted circuit (which reaches the stricter target), and the ladder runs from
+    is no larger than the planted circuits (which reach the stricter target), and the ladder runs from
     the fewest edges to the whole model (f = 1), with CPR and CMD its areas."""
     planted = CONSTRUCTIONS[construction](seed=0)
     means = node_means(planted.model, planted.text(), 64) if ablation == "mean" else None
@@ -103,7 +103,8 @@ def test_the_f80_circuit_keeps_80_percent_and_needs_every_node(construction, abl
 
     circuit = found.circuit
     assert circuit.solved and baseline.f(circuit.loss) >= 0.8
-    assert int(circuit.keep.sum()) <= len(planted.minimal[ablation][0]) == int(target.keep.sum())
+    sizes = {len(c) for c in planted.minimal[ablation]}
+    assert int(circuit.keep.sum()) <= max(sizes) and int(target.keep.sum()) in sizes  # (d): either path
     for i in circuit.keep.nonzero().flatten():
         without = circuit.keep.clone()
         without[i] = False

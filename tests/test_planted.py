@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.circuit_bench import score
-from bench.planted import ABLATIONS, CONSTRUCTIONS, NotProven, Planted, prove, prove_spurious
+from bench.planted import ABLATIONS, CONSTRUCTIONS, NOTHING_TO_FIND, NotProven, Planted, prove, prove_spurious
 from conftest import PROJECT_ROOT
 from sweep.circuits.circuit import circuit_edges
 from sweep.circuits.discovery import METHODS
@@ -18,7 +18,6 @@ from sweep.circuits.prune import Evaluator, keep_of, node_means
 
 N_HELDOUT = 32
 SOMETHING_TO_FIND = ["mlp_lookup", "attention_then_mlp", "two_hop_attention"]  # (a)-(c)
-NOTHING_TO_FIND = ["random_init", "shuffled", "control"]  # (h)
 
 
 def evaluator(planted: Planted, ablation: str) -> Evaluator:
@@ -112,7 +111,7 @@ def test_the_full_benchmark_every_method_exact_on_a_to_c_and_nothing_to_find(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     rows = check_outputs(tmp_path, list(CONSTRUCTIONS), 2)
     for r in rows:
-        if r["construction"] in SOMETHING_TO_FIND + NOTHING_TO_FIND:
+        if r["construction"] in (*SOMETHING_TO_FIND, *NOTHING_TO_FIND):
             assert r["exact"] == "2/2" and r["precision"] == r["recall"] == "1", r
 
 
