@@ -35,7 +35,7 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["tasks.preamble=sometimes"], "tasks.preamble", "allowed: true, false"),
     (["model.pos_emb=rotary"], "model.pos_emb", "allowed: learned, none"),
     (["sparsity.density=nan"], "sparsity.density", "must be a number in (0.0, 1.0]"),
-    (["train.lr=inf"], "train.lr", "must be a number"),
+    (["train.lr=inf"], "train.lr", "must be a number in (0.0, inf)"),
     (["tasks.names=[]"], "tasks.names", "at least one task"),
     (["data.tokenizer=sentencepiece"], "data.tokenizer", "allowed: bytes, bpe"),
     (["train.precision=fp16"], "train.precision", "allowed: fp32, bf16"),
@@ -121,6 +121,30 @@ def test_empty_corpus_directory(sweep, tmp_path):
     result = sweep.run(f"data.source={tmp_path / 'empty'}")
     assert result.returncode == 2 and "data.source" in result.stderr and "no .py files" in result.stderr
     assert not sweep.db.exists()
+
+
+@pytest.mark.parametrize("files,problem", [
+    ({"a.py": b"\x7fELF\0\0\x01" * 50, "b.py": b"\0" * 300, "c.py": bytes(range(256))}, "binary"),
+    ({"only.py": b"def f():\n    return 1\n" * 100}, "at least 2 files"),
+])
+def test_a_corpus_that_is_no_python_source(sweep, tmp_path, files, problem):
+    """Binary files named .py, or a single file: one line naming data.source (not data.val_frac)."""
+    (tmp_path / "corpus").mkdir()
+    for name, content in files.items():
+        (tmp_path / "corpus" / name).write_bytes(content)
+    result = sweep.run(f"data.source={tmp_path / 'corpus'}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data.source" in errors[0] and problem in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and not sweep.db.exists()
+
+
+def test_no_jobs_at_once_is_bad_input(sweep):
+    result = sweep.run("sparsity.density=1,0.5", "hydra.launcher.n_jobs=0", multirun=True)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "hydra.launcher.n_jobs" in errors[0] and "integer >= 1" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and not sweep.db.exists()
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])

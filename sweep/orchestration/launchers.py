@@ -287,12 +287,19 @@ def _trace_last_line(error: Exception) -> str:
 
 
 def check_launcher(config: DictConfig) -> None:
-    """Before anything runs or is logged: with hydra/launcher=slurm, SLURM must answer and the partition exist.
+    """Before anything runs or is logged: the local launcher's job count is a usable one; with
+    hydra/launcher=slurm, SLURM must answer and the partition exist.
 
     Otherwise one line `error: invalid config: <key>=<value>: <why>` and exit status 2 (bad input). It exits
     itself: Hydra turns an exception raised in a callback into a warning and goes on.
     """
     if config.hydra.launcher.get("_target_") != LAUNCHER_TARGET:
+        n_jobs = config.hydra.launcher.get("n_jobs", 1)
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
+            error = ConfigError("hydra.launcher.n_jobs", n_jobs, "must be an integer >= 1 (jobs at once), or negative "
+                                                                 "(joblib's count from the cores: -1 = one per core)")
+            print(f"error: {error}; nothing was run or logged", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
         return
     try:
         check_slurm(config.hydra.launcher)

@@ -25,7 +25,7 @@ def _number(cfg: DictConfig, key: str, low: float, high: float | None = None,
             low_open: bool = False, high_open: bool = False) -> float:
     value = _get(cfg, key)
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-    rule = f"must be a number in {lo}{low}, {'inf' if high is None else high}{hi}"
+    rule = f"must be a number in {lo}{low}, {'inf)' if high is None else f'{high}{hi}'}"  # inf itself is refused
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ConfigError(key, value, rule)  # NaN compares false with every bound: refused here
     if value < low or (low_open and value == low) or (high is not None and (value > high or (high_open and value == high))):

@@ -79,6 +79,12 @@ def _cache_path(cache_dir: Path, corpus_hash: str, data_cfg, tokenizer: Tokenize
 def load_corpus(data_cfg, cache_dir: Path) -> Corpus:
     """Read, hash and split the corpus; reuse the tokenized split cached under its hash."""
     files = read_sources(data_cfg.source)
+    if files and all(b"\0" in content for content in files.values()):
+        raise ConfigError("data.source", data_cfg.source, f"its {len(files)} .py files are binary (NUL bytes), "
+                                                          "not Python source; allowed: a directory of .py source files")
+    if len(files) < 2:
+        raise ConfigError("data.source", data_cfg.source, f"holds {len(files)} .py file: a training and a validation "
+                                                          "split need at least 2 files")
     digest = corpus_hash(files)
 
     parts: dict[bool, list[bytes]] = {False: [], True: []}
