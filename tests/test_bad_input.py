@@ -37,6 +37,8 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["sparsity.density=nan"], "sparsity.density", "must be a number in (0.0, 1.0]"),
     (["train.lr=inf"], "train.lr", "must be a number in (0.0, inf)"),
     (["tasks.names=[]"], "tasks.names", "at least one task"),
+    (["tasks.names=[no_such_task]", "prune.enabled=false"], "tasks.names", "unknown task"),  # checked unpruned too
+    (["tasks.names=[ ]", "prune.enabled=false"], "tasks.names", "at least one task"),
     (["data.tokenizer=sentencepiece"], "data.tokenizer", "allowed: bytes, bpe"),
     (["train.precision=fp16"], "train.precision", "allowed: fp32, bf16"),
     (["train.compile=maybe"], "train.compile", "allowed: true, false"),
@@ -102,15 +104,22 @@ def test_cuda_requested_without_a_gpu(sweep):
     assert not sweep.db.exists()
 
 
-@pytest.mark.parametrize("body,key,problem", [
+MALFORMED_YAML = [  # (body, key, problem): a task file that cannot be loaded, pruning on or off
     ("a: {template: 'x = {v}', target: ':'}\nb: {template: 'y = {v}', target: ';'}\n", "tasks.yaml", "no values"),
-    ("slots: {v: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}\na: {template: 'x {v}', target: '::'}\nb: {template: 'y {v}', target: ';'}\n", "mine",
-     "2 tokens under the bytes tokenizer"),
-])
-def test_malformed_yaml_task(sweep, tmp_path, body, key, problem):
+    ("a: {template: 'x = {v}', target: ':'\nb: [", "mine.yaml", "not valid YAML"),
+    ("- a\n- b\n", "mine.yaml", "not a mapping"),
+]
+TWO_TOKEN_ANSWER = ("slots: {v: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}\na: {template: 'x {v}', target: '::'}\n"
+                    "b: {template: 'y {v}', target: ';'}\n", "mine", "2 tokens under the bytes tokenizer")
+
+
+@pytest.mark.parametrize("body,key,problem,prune", [(*case, True) for case in [*MALFORMED_YAML, TWO_TOKEN_ANSWER]]
+                         + [(*case, False) for case in MALFORMED_YAML])
+def test_malformed_yaml_task(sweep, tmp_path, body, key, problem, prune):
+    """A task whose answers are not single tokens matters only to pruning; a file that does not load, always."""
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "mine.yaml").write_text(body)
-    result = sweep.run(f"tasks.template_dir={tmp_path / 'templates'}", "tasks.names=[mine]")
+    result = sweep.run(f"tasks.template_dir={tmp_path / 'templates'}", "tasks.names=[mine]", f"prune.enabled={prune}")
     assert result.returncode == 2 and key in result.stderr and problem in result.stderr
     assert "Traceback" not in result.stderr and not sweep.db.exists()
 

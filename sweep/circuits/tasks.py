@@ -333,7 +333,14 @@ def _first_difference_from_end(a: list[int], b: list[int]) -> int:
 
 def load_yaml_task(path: Path) -> str:
     """Register a task defined by templates: see README 'Adding a task'. Returns its name."""
-    spec = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        spec = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        problem = str(e).replace("\n", " ")
+        raise ConfigError("tasks.yaml", str(path), f"is not valid YAML ({problem})") from None
+    if not isinstance(spec, dict):
+        raise ConfigError("tasks.yaml", str(path), f"holds a {type(spec).__name__}, not a mapping: "
+                                                   "needs a: {template, target} and b: {template, target}")
     name = spec.get("name") or Path(path).stem
     slots: dict = spec.get("slots") or {}
     try:

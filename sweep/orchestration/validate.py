@@ -14,7 +14,7 @@ from sweep import corpus, tracking
 from sweep.errors import ConfigError
 from sweep.science.tokenizer import N_BYTES, TOKENIZERS
 from sweep.science.model import POS_EMB
-from sweep.circuits.prune_stage import check_prune_config
+from sweep.circuits.prune_stage import check_prune_config, check_task_names
 from sweep.science.sparsity import check_feasible
 from sweep.science.train import LR_SCHEDULES, PRECISIONS
 
@@ -136,6 +136,8 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "prune.mean_windows", 1)
     if cfg.prune.enabled:
         check_prune_config(cfg)
+    else:
+        check_task_names(cfg.tasks)
     _integer(cfg, "tracking.flush_every", 1)
     _number(cfg, "tracking.flush_interval_s", 0.0, low_open=True)
     _boolean(cfg, "tracking.system_metrics")
