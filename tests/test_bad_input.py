@@ -37,6 +37,8 @@ BAD_INPUTS = [  # (overrides, key named in the message, words of the rule)
     (["sparsity.density=nan"], "sparsity.density", "must be a number in (0.0, 1.0]"),
     (["train.lr=inf"], "train.lr", "must be a number in (0.0, inf)"),
     (["tasks.names=[]"], "tasks.names", "at least one task"),
+    (["+foo=1"], "foo", "is not a setting of this config"),  # it changed the hash: the same model trained again
+    (["+train.extra=2"], "train.extra", "is not a setting of this config"),
     (["tasks.names=[no_such_task]", "prune.enabled=false"], "tasks.names", "unknown task"),  # checked unpruned too
     (["tasks.names=[ ]", "prune.enabled=false"], "tasks.names", "at least one task"),
     (["data.tokenizer=sentencepiece"], "data.tokenizer", "allowed: bytes, bpe"),

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from sweep import lifecycle, names, tracking
 from sweep.errors import EXIT_BAD_INPUT, ConfigError, mark_work_started, work_started
 from sweep.orchestration.job import JobOutcome, ignore_sigint_in_worker, job_slot, run_job
+from sweep.orchestration.validate import check_overrides
 from sweep.lifecycle import Terminated, is_launching_process
 from sweep.paths import CONF_DIR
 from sweep.points import config_hash, describe_point, point_label
@@ -35,6 +36,8 @@ def hydra_job(cfg: DictConfig) -> dict:
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         ignore_sigint_in_worker()
+    else:
+        check_overrides(hc.overrides.task)  # in a sweep, the plan has checked them
     try:
         with lifecycle.job_running():  # from here on a stop waits for the job's next step (none yet: its start)
             lifecycle.raise_if_stopped()

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.errors import ConfigError
 from sweep.points import config_hash, describe_point, point_label
-from sweep.orchestration.validate import validate
+from sweep.orchestration.validate import check_overrides, validate
 
 PLAN_FILE = "plan.json"
 RUN, SKIP, INVALID = "run", "skip", "invalid"
@@ -63,6 +63,7 @@ def plan_points(points: list[tuple[list[str] | str, DictConfig]]) -> list[Planne
         except (TypeError, ValueError):  # seed=abc: invalid below, and without a label
             pass
         try:
+            check_overrides(entry.overrides)
             validate(cfg)
             entry.config_hash = config_hash(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
         except ConfigError as e:

@@ -67,6 +67,16 @@ def _get(cfg: DictConfig, key: str):
     return node
 
 
+def check_overrides(overrides) -> None:
+    """A `+key=value` adds a setting the config does not have: refused (outside `hydra.`), since nothing
+    reads it and it would change the point's hash, so the same model would train again."""
+    for override in overrides:
+        key, _, value = str(override).partition("=")
+        if key.startswith("+") and not key.startswith("++") and not key.lstrip("+").startswith("hydra."):
+            raise ConfigError(key.lstrip("+"), value, "is not a setting of this config (`+` adds one, which nothing "
+                                                      "reads); allowed: the settings `python -m sweep --cfg job` lists")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first setting that cannot work; write numbers back as floats."""
     _integer(cfg, "seed", 0)
