@@ -202,3 +202,13 @@ def test_a_validation_split_shorter_than_the_context_is_bad_input(sweep, tmp_pat
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "data.val_frac" in errors[0] and "fewer than model.n_ctx + 1" in errors[0], errors
     assert "Traceback" not in result.stderr and not sweep.db.exists()
+
+
+def test_a_single_run_of_a_finished_point_is_skipped(filled_store):
+    """`python -m sweep` without -m, twice, or after a sweep: the finished point is not trained again."""
+    sweep = filled_store
+    before = store_digest(sweep)
+    result = sweep.run("sparsity.density=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped: this point" in result.stdout and "nothing was trained" in result.stdout
+    assert len(sweep.runs()) == 1 and store_digest(sweep) == before

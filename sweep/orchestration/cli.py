@@ -36,8 +36,8 @@ def hydra_job(cfg: DictConfig) -> dict:
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         ignore_sigint_in_worker()
-    else:
-        check_overrides(hc.overrides.task)  # in a sweep, the plan has checked them
+    else:  # in a sweep, the plan has checked them
+        check_overrides(hc.overrides.task)
     try:
         with lifecycle.job_running():  # from here on a stop waits for the job's next step (none yet: its start)
             lifecycle.raise_if_stopped()

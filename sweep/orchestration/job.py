@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from sweep import lifecycle, names
+from sweep import lifecycle, names, tracking
 from sweep.science.checkpoint import build_model
 from sweep.science.checkpoint import save as save_checkpoint
 from sweep.science.collapse import collapse_metrics
 from sweep.science.data import eval_windows, load_corpus
 from sweep.errors import ConfigError
-from sweep.points import d_model, point_label, run_seed
+from sweep.points import config_hash, d_model, point_label, run_seed
 from sweep.circuits.prune_stage import check_tasks, run_pruning
 from sweep.science.sparsity import WeightSparsifier
 from sweep.science.tokenizer import BYTES
@@ -34,7 +34,7 @@ EPOCHS_WARNING = 4  # more passes than this over the training split: a job says 
 
 @dataclass
 class JobOutcome:
-    status: str  # finished | failed: <reason> | invalid: <reason>
+    status: str  # finished | failed: <reason> | invalid: <reason> | skipped: duplicate of <run id>
     run_id: str | None = None
     val_loss: float | None = None  # capability/val_loss
     edges_geomean: float | None = None  # circuit/edges_geomean (NaN: no task solved; None: not pruned)
@@ -152,6 +152,10 @@ def run_job(cfg: DictConfig, parent_run_id: str | None = None, overrides=(), slo
             names.TAG_DEVICE: describe_device(device), names.TAG_POINT: point,
             names.TAG_DESCRIPTION: describe_start(label, cfg)}
     epochs = train_epochs(cfg, len(corpus.train))
+    if parent_run_id is None and (done := tracking.finished_points(cfg.tracking).get(config_hash(cfg))):
+        print(f"skipped: this point ({label}) already has a finished run, {done}; nothing was trained "
+              "(a sweep skips it the same way)")
+        return JobOutcome(f"{names.STATUS_SKIPPED}: duplicate of {done}", done)
     lifecycle.raise_if_stopped()  # a stop that came while the job set up: no run yet
     # in a sweep the point is claimed: PointHeld if another run holds it (before anything is trained)
     with lifecycle.job_running(), JobRun(cfg, label, parent_run_id, tags, claim=parent_run_id is not None) as run:
