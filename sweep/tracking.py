@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import re
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -98,6 +99,28 @@ def check_tracking(tracking_cfg) -> None:
             pass
     except OSError as e:
         raise ConfigError("tracking.uri", uri, f"directory {db.parent} is not writable ({e.strerror})") from None
+    if db.is_file() and db.stat().st_size:
+        _check_sqlite_store(db, uri, tracking_cfg.experiment)
+
+
+def _check_sqlite_store(db: Path, uri: str, experiment: str) -> None:
+    """An existing SQLite file must be a database, and the experiment's name not one deleted in it (MLflow
+    keeps a deleted experiment's name: a new one of that name cannot be made). Read only, nothing created."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            connection.execute("PRAGMA schema_version").fetchone()
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            stage = (connection.execute("SELECT lifecycle_stage, experiment_id FROM experiments WHERE name = ?",
+                                        (experiment,)).fetchone() if "experiments" in tables else None)
+    except sqlite3.OperationalError:  # locked by a writer, or busy: a database, judged by MLflow later
+        return
+    except sqlite3.DatabaseError as e:  # "file is not a database"
+        raise ConfigError("tracking.uri", uri, f"{db} is not an SQLite database ({e}); allowed: an MLflow SQLite "
+                                               "store, or a path where none exists yet") from None
+    if stage and stage[0] == "deleted":
+        raise ConfigError("tracking.experiment", experiment,
+                          f"was deleted in {db} (MLflow keeps the name); allowed: another name, or restore it first: "
+                          f"mlflow experiments restore --experiment-id {stage[1]}")
 
 
 def check_server(uri: str) -> None:

@@ -170,22 +170,34 @@ def test_unwritable_tracking_directory(sweep, tmp_path, where):
     assert not sweep.db.exists()
 
 
-@pytest.mark.parametrize("fault", ["not_sqlite", "deleted_experiment"])
-def test_a_failed_start_up_stops_the_multirun(sweep, fault):
-    """Hydra turns a callback's exception into a warning: the sweep must still stop, not run jobs without
-    a parent run and exit 0."""
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
+@pytest.mark.parametrize("fault,key,problem", [("not_sqlite", "tracking.uri", "is not an SQLite database"),
+                                               ("deleted_experiment", "tracking.experiment", "was deleted")])
+def test_a_store_that_cannot_hold_the_runs_is_bad_input(sweep, fault, key, problem, multirun):
+    """A file that is not SQLite, or the experiment's name deleted in the store: one line, exit 2, before
+    any run (they were MLflow tracebacks, exit 1)."""
     if fault == "not_sqlite":
         sweep.db.write_text("this is not an SQLite database\n" * 100)
     else:
         client = sweep.client
         client.delete_experiment(client.create_experiment("frontier"))
     before = store_digest(sweep)
+    result = sweep.run("sparsity.density=1,0.5" if multirun else "sparsity.density=1", multirun=multirun)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    assert key in result.stderr and problem in result.stderr and "Traceback" not in result.stderr
+    assert not list(sweep.tmp.glob(f"multirun/*/{names.RESULT_FILE}")), "a job ran"
+    assert store_digest(sweep) == before
+
+
+def test_a_failed_start_up_stops_the_multirun(sweep):
+    """Hydra turns a callback's exception into a warning: the sweep must still stop, not run jobs without
+    a parent run and exit 0. The fault: the store's path is a folder (writable, so it passes the checks)."""
+    sweep.db.mkdir(parents=True)
     result = sweep.run("sparsity.density=1,0.5", multirun=True)
     assert result.returncode not in (0, 2), result.stdout[-2000:] + result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: sweep on_multirun_start failed")]
     assert len(errors) == 1, result.stderr[-3000:]
     assert not list(sweep.tmp.glob(f"multirun/*/{names.RESULT_FILE}")), "a job ran"
-    assert store_digest(sweep) == before
 
 
 def test_a_validation_split_shorter_than_the_context_is_bad_input(sweep, tmp_path):
