@@ -36,16 +36,16 @@ def hydra_job(cfg: DictConfig) -> dict:
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         ignore_sigint_in_worker()
-    else:  # in a sweep, the plan has checked them
-        check_overrides(hc.overrides.task)
     try:
+        if not multirun:  # in a sweep, the plan has checked them
+            check_overrides(hc.overrides.task)
         with lifecycle.job_running():  # from here on a stop waits for the job's next step (none yet: its start)
             lifecycle.raise_if_stopped()
             outcome = run_job(cfg, os.environ.get(names.ENV_PARENT_RUN_ID), hc.overrides.task,
                               _slot(hc) if multirun else 0)
     except ConfigError as e:
-        if not multirun:
-            raise
+        if not multirun:  # exit here: raised, it would reach Hydra, which prints a line of its own first
+            sys.exit(_bad_input(str(e)))
         outcome = JobOutcome(f"invalid: {e}")
     except PointHeld as held:  # a second sweep on the same points, or the live workers of a killed one
         tracking.log_skipped_run(cfg.tracking, os.environ[names.ENV_PARENT_RUN_ID], point_label(cfg, hc.overrides.task),
