@@ -130,10 +130,13 @@ def _take_apart_on(client, train_run_id: str, setting: tuple[str, float], pairs:
     _, cfg, corpus, model = load_checkpoint(client, train_run_id, [f"prune.ablation={ablation}",
                                                                    f"prune.target_loss={target}"], client.tracking_uri)
     model.eval()
+    evaluators = {}  # per task: its held-out prompts and node means, built once for all its pairs
     rows = []
     for task, a, b in pairs:
-        _, _, heldout, means = task_batches(model, torch.from_numpy(corpus.val), cfg, [task], corpus.tokenizer)
-        evaluator = Evaluator(model, heldout, means)
+        if task not in evaluators:
+            _, _, heldout, means = task_batches(model, torch.from_numpy(corpus.val), cfg, [task], corpus.tokenizer)
+            evaluators[task] = Evaluator(model, heldout, means)
+        evaluator = evaluators[task]
         a_keep, b_keep = (keep_of(evaluator.sites, x["node_set"].split() if isinstance(x["node_set"], str) else [])
                           for x in (a, b))
         apart = take_apart(evaluator, 0, a_keep, b_keep, target)

@@ -50,10 +50,8 @@ def check_prune_config(cfg: DictConfig) -> None:
 def check_task_names(tasks_cfg: DictConfig) -> None:
     """The tasks named (or the suite) exist, user YAML tasks load: checked with pruning off too, where a
     misspelt task would otherwise pass unnoticed until the first run that prunes."""
-    allowed = sorted([*tasks.TASKS, tasks.CONTROL])
     for name in task_names(tasks_cfg):
-        if name not in allowed:
-            raise ConfigError("tasks.names", name, f"unknown task; allowed: {', '.join(allowed)}")
+        tasks.check_known(name)
 
 
 def check_prune_settings(p: DictConfig) -> None:

@@ -287,12 +287,17 @@ def generate(name: str, n_train: int, n_heldout: int, seed: int, n_ctx: int, wit
     return TaskSet(name, flat(examples[:n_train]), flat(examples[n_train:]))
 
 
+def check_known(name: str) -> None:
+    """The task exists (a built-in, a loaded YAML task, or the control)."""
+    if name not in TASKS and name != CONTROL:
+        raise ConfigError("tasks.names", name, f"unknown task; allowed: {', '.join(sorted([*TASKS, CONTROL]))}")
+
+
 def check_task(name: str, n_ctx: int, seed: int = 0, n_train: int = 8, n_heldout: int = 8,
                with_preamble: bool = True, tokenizer: Tokenizer = BYTES) -> None:
     """Config-time check: the task exists, enough prompts fit, and its two answers are two distinct
     single tokens under the tokenizer."""
-    if name not in TASKS and name != CONTROL:
-        raise ConfigError("tasks.names", name, f"unknown task; allowed: {', '.join(sorted([*TASKS, CONTROL]))}")
+    check_known(name)
     sample = generate(name, n_train, n_heldout, seed, n_ctx, with_preamble)  # raises if too few distinct prompts
     for example in sample.train + sample.heldout:
         answers = [answer_token(name, text, tokenizer) for text in (example.target, example.other)]

@@ -293,20 +293,21 @@ def check_launcher(config: DictConfig) -> None:
     Otherwise one line `error: invalid config: <key>=<value>: <why>` and exit status 2 (bad input). It exits
     itself: Hydra turns an exception raised in a callback into a warning and goes on.
     """
-    if config.hydra.launcher.get("_target_") != LAUNCHER_TARGET:
-        n_jobs = config.hydra.launcher.get("n_jobs", 1)
-        if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
-            error = ConfigError("hydra.launcher.n_jobs", n_jobs, "must be an integer >= 1 (jobs at once), or negative "
-                                                                 "(joblib's count from the cores: -1 = one per core)")
-            print(f"error: {error}; nothing was run or logged", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
-        return
+    slurm = config.hydra.launcher.get("_target_") == LAUNCHER_TARGET
     try:
-        check_slurm(config.hydra.launcher)
+        check_slurm(config.hydra.launcher) if slurm else check_n_jobs(config.hydra.launcher.get("n_jobs", 1))
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}; nothing was run or logged", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    _warn_without_accounting()
+    if slurm:
+        _warn_without_accounting()
+
+
+def check_n_jobs(n_jobs) -> None:
+    """The local launcher's jobs at once: joblib refuses 0 with a traceback once the parent run exists."""
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
+        raise ConfigError("hydra.launcher.n_jobs", n_jobs, "must be an integer >= 1 (jobs at once), or negative "
+                                                           "(joblib's count from the cores: -1 = one per core)")
 
 
 def check_slurm(launcher: DictConfig) -> None:
